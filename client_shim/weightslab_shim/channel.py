@@ -1,0 +1,141 @@
+"""The control channel: a background thread that owns the ZeroMQ DEALER socket.
+
+The training thread never touches the socket: it appends to `outbox` and reads `inbox` at step
+boundaries. The thread says hello until welcomed, heartbeats while attached, notices a silent daemon
+and says hello again when one is back (ZeroMQ reconnects the ipc path by itself).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from . import wire
+
+HELLO_EVERY = 0.2  # seconds between hellos while detached: re-attach well within a second
+HEARTBEAT_EVERY = 0.25
+SILENT_AFTER = 1.0  # no reply for this long: the daemon is gone
+POLL_MS = 10
+WARN_AFTER = 2.0  # first warning about a missing daemon
+
+
+class ControlChannel:
+    def __init__(
+        self,
+        endpoint: str,
+        hello: Callable[[], wire.Message],
+        heartbeat: Callable[[], wire.Message],
+        on_message: Callable[[wire.Message], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self._hello = hello
+        self._heartbeat = heartbeat
+        self._on_message = on_message
+        self.outbox: deque[wire.Message] = deque()
+        self.attached = threading.Event()
+        self.ended = threading.Event()
+        self._stop = threading.Event()
+        self._warned = False
+        self.rejected: str | None = None
+        self._thread = threading.Thread(target=self._run, name="weightslab-control", daemon=True)
+        self._pid = os.getpid()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, msg: wire.Message) -> None:
+        self.outbox.append(msg)
+
+    def end_of_stream(self, msg: wire.Message, timeout: float) -> bool:
+        """Tell the daemon we are done and wait (bounded) until it has drained our ring."""
+        if not self.attached.is_set():
+            return False
+        self.send(msg)
+        return self.ended.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to a live daemon; else drop, never block
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.connect(self.endpoint)
+        started = time.monotonic()
+        next_hello = 0.0
+        next_beat = 0.0
+        last_reply = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                attached = self.attached.is_set()
+                if attached and now - last_reply > SILENT_AFTER:
+                    self.attached.clear()
+                    attached = False
+                    next_hello = 0.0
+                if not attached and now >= next_hello and self.rejected is None:
+                    self._send(sock, self._hello())
+                    next_hello = now + HELLO_EVERY
+                if not attached and not self._warned and now - started > WARN_AFTER:
+                    self._warn_once()
+                if attached and now >= next_beat:
+                    self._send(sock, self._heartbeat())
+                    next_beat = now + HEARTBEAT_EVERY
+                while attached and self.outbox:
+                    self._send(sock, self.outbox.popleft())
+                if sock.poll(POLL_MS, zmq.POLLIN):
+                    while True:
+                        try:
+                            frame = sock.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        last_reply = time.monotonic()
+                        self._dispatch(frame)
+        finally:
+            sock.close(0)
+            ctx.term()
+
+    def _dispatch(self, frame: bytes) -> None:
+        try:
+            msg = wire.decode(frame)
+        except wire.ProtocolError as exc:
+            sys.stderr.write(f"weightslab: ignoring a bad frame from weightslabd: {exc}\n")
+            return
+        kind = msg["type"]
+        if kind == wire.WELCOME:
+            self.attached.set()
+        elif kind == "who":  # a restarted daemon does not know us yet
+            self.attached.clear()
+        elif kind == wire.END_OK:
+            self.ended.set()
+        elif kind == wire.REJECT:
+            self.rejected = str(msg.get("reason", "rejected"))
+            sys.stderr.write(f"weightslab: weightslabd refused this trainer: {self.rejected}; "
+                             "training continues unobserved\n")
+        self._on_message(msg)
+
+    def _send(self, sock: Any, msg: wire.Message) -> None:
+        try:
+            sock.send(wire.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # no daemon: the ring keeps the data, control messages are re-sent by state
+
+    def _warn_once(self) -> None:
+        self._warned = True
+        sys.stderr.write(
+            f"weightslab: no weightslabd at {self.endpoint}; training continues at full speed and "
+            "attaches when one starts\n"
+        )

@@ -1,0 +1,138 @@
+"""A data loader with stable sample ids and a deny-aware sampler.
+
+Sample ids are dataset indexes, stable for the life of the split. The sampler reads the deny mask
+as it builds each batch, so a discard applied at a step boundary keeps the sample out of every
+batch drawn after it, mid-epoch included.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+class DenyAwareBatchSampler:
+    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool = False, seed: int = 0) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.denied = np.zeros(size, dtype=bool)
+        self._rng = np.random.default_rng(seed)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self._rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        batch: list[int] = []
+        denied = self.denied
+        for i in order.tolist():
+            if denied[i]:
+                continue
+            batch.append(i)
+            if len(batch) >= self.batch_size:  # read live: a batch-size edit applies to the next batch
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
+
+    def __len__(self) -> int:
+        active = self.size - int(self.denied.sum())
+        return active // self.batch_size if self.drop_last else math.ceil(active / self.batch_size)
+
+
+class _Indexed:
+    """Dataset view whose items are (input, sample_id, target)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, Any]:
+        item = self.dataset[index]
+        if isinstance(item, (tuple, list)):
+            x, y = (item[0], item[1]) if len(item) > 1 else (item[0], -1)
+        else:
+            x, y = item, -1
+        return x, index, y
+
+
+class WatchedLoader:
+    """Yields `(inputs, sample_ids, targets)`; iterate an epoch with `for`, or call `next()` forever."""
+
+    def __init__(self, dataset: Any, session: Any, loader_name: str | None = None, *, batch_size: int = 32,
+                 shuffle: bool = False, is_training: bool = False, num_workers: int = 0,
+                 drop_last: bool = False, collate_fn: Any = None, seed: int = 0, **loader_kwargs: Any) -> None:
+        self.dataset = dataset
+        self.split = loader_name or ("train" if is_training else f"split{len(session.loaders)}")
+        self.is_training = is_training
+        self.sampler = DenyAwareBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed)
+        self._session = session
+        self._iter: Iterator[Any] | None = None
+        torch = sys.modules.get("torch")
+        self._loader: Any
+        if torch is not None:
+            from torch.utils.data import DataLoader
+
+            self._loader = DataLoader(_Indexed(dataset), batch_sampler=self.sampler, num_workers=num_workers,
+                                      collate_fn=collate_fn, **loader_kwargs)
+        else:
+            self._loader = None
+        session.loaders[self.split] = self
+        session.register_split(self.split, len(dataset))
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"batch size must be at least 1, not {value}")
+        self.sampler.batch_size = value
+
+    def set_denied(self, ids: np.ndarray, deny: bool) -> int:
+        ids = ids[(ids >= 0) & (ids < self.sampler.size)]
+        changed = int((self.sampler.denied[ids] != deny).sum())
+        self.sampler.denied[ids] = deny
+        return changed
+
+    def active_count(self) -> int:
+        return self.sampler.size - int(self.sampler.denied.sum())
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _epoch(self) -> Iterator[Any]:
+        if self._loader is not None:
+            batches: Iterator[Any] = iter(self._loader)
+        else:
+            indexed = _Indexed(self.dataset)
+            batches = (_stack([indexed[i] for i in b]) for b in self.sampler)
+        for batch in batches:
+            inputs, ids, targets = batch[0], batch[1], batch[2]
+            self._session.note_inputs(self.split, ids, inputs, targets)
+            self._session.current_split = self.split
+            yield batch
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._epoch()
+
+    def __next__(self) -> Any:
+        for _ in range(2):  # a fresh epoch when the last one ran out
+            if self._iter is None:
+                self._iter = self._epoch()
+            try:
+                return next(self._iter)
+            except StopIteration:
+                self._iter = None
+        raise StopIteration(f"loader {self.split!r} has no samples left in the loop")
+
+
+def _stack(items: list[tuple[Any, int, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs, ids, ys = zip(*items, strict=True)
+    return np.stack([np.asarray(x) for x in xs]), np.asarray(ids, dtype=np.int64), np.asarray(ys)

@@ -1,0 +1,340 @@
+"""The trainer's side of one run: step boundaries, commands, and what each step publishes.
+
+Everything here runs on the training thread except `_on_message`, which the control thread calls.
+The hot path (`end_step`) is a bounded copy into the ring and never waits for the daemon.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import records, wire
+from .channel import ControlChannel
+from .ring import RecordType, RingWriter
+from .runtime import control_endpoint, resolve_runtime_dir, ring_prefix
+from .tensors import Staged, stage, to_numpy
+
+SEP = "\x1f"  # separates kind, split and signal name in a field name; never in user names
+RING_MB_DEFAULT = 32
+MAX_INFLIGHT = 64  # records waiting for their device->host copies
+PREVIEWS_PER_STEP = 64
+END_TIMEOUT = 3.0
+
+Fields = list[tuple[str, Staged]]
+
+
+class Session:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self.runtime_dir = resolve_runtime_dir(env)
+        script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("run")
+        self.script_dir = str(script.resolve().parent)
+        self.run_name = env.get("WEIGHTSLAB_RUN_NAME") or script.stem or "run"
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.run_name)[:40]
+        self.run_id = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        self.ring_bytes = int(float(env.get("WEIGHTSLAB_RING_MB", RING_MB_DEFAULT)) * 1024 * 1024)
+        self.rank = int(env.get("RANK", 0))
+        self.world_size = int(env.get("WORLD_SIZE", 1))
+        self.step = 0
+        self.hparams: dict[str, Any] = {}
+        self.splits: dict[str, int] = {}
+        self.loaders: dict[str, Any] = {}
+        self.optimizers: list[Any] = []
+        self.models: list[Any] = []
+        self.paused = False
+        self.hp_sync = True
+        self.current_split = "train"
+        self.inbox: deque[wire.Message] = deque()
+        self._cond = threading.Condition()
+        self._fields: Fields = []
+        self._previews: Fields = []
+        self._inflight: deque[tuple[int, int, Fields]] = deque()
+        self._hp_dirty = True
+        self._have_previews: dict[str, np.ndarray] = {}
+        self._pid = os.getpid()
+        self._closed = False
+        self.ring: RingWriter | None = None
+        self.channel: ControlChannel | None = None
+        self.started = False
+        self.dropped_inflight = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        try:
+            self.ring = RingWriter(ring_prefix(self.runtime_dir), self.ring_bytes, self.run_id)
+        except OSError as exc:
+            sys.stderr.write(f"weightslab: no shared-memory ring ({exc}); training continues unobserved\n")
+            return
+        self.channel = ControlChannel(control_endpoint(self.runtime_dir), self._hello, self._heartbeat,
+                                      self._on_message)
+        self.channel.start()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Flush what is pending, hand the ring over to the daemon, and stop (bounded wait)."""
+        if self._closed or os.getpid() != self._pid:
+            return
+        self._closed = True
+        with self._cond:
+            self._cond.notify_all()
+        if self.ring is None or self.channel is None:
+            return
+        self._flush_inflight(wait=True)
+        self.ring.mark_closed()
+        ever_attached = self.channel.attached.is_set() or self.channel.ended.is_set()
+        drained = self.channel.end_of_stream(
+            {"type": wire.END, "run_id": self.run_id, "step": self.step}, END_TIMEOUT)
+        self.channel.stop()
+        # Unattached all along: nobody will read the ring. Attached but the daemon is gone now: a
+        # restarted daemon drains it (both-dead recovery), so the records are not lost.
+        self.ring.close(unlink_segment=drained or not ever_attached)
+
+    # -- messages (control thread) -------------------------------------------------------------
+
+    def _hello(self) -> wire.Message:
+        ring = self.ring
+        return {
+            "type": wire.HELLO, "protocol": wire.PROTOCOL_VERSION, "pid": self._pid,
+            "host": socket.gethostname(), "rank": self.rank, "world_size": self.world_size,
+            "run_name": self.run_name, "run_id": self.run_id, "script_dir": self.script_dir,
+            "splits": dict(self.splits), "hparams": _jsonable(self.hparams), "step": self.step,
+            "paused": self.paused,
+            "ring": {"name": ring.name, "capacity": ring.capacity} if ring else None,
+        }
+
+    def _heartbeat(self) -> wire.Message:
+        ring = self.ring
+        return {"type": wire.HEARTBEAT, "step": self.step, "paused": self.paused,
+                "dropped": (ring.dropped if ring else 0) + self.dropped_inflight}
+
+    def _on_message(self, msg: wire.Message) -> None:
+        kind = msg["type"]
+        if kind == wire.WELCOME:
+            self.hp_sync = bool(msg.get("hp_sync", True))
+            self._hp_dirty = True
+            self._set_have_previews(msg.get("previews") or {})
+        elif kind == wire.COMMAND:
+            with self._cond:
+                self.inbox.append(msg)
+                self._cond.notify_all()
+
+    def _set_have_previews(self, have: Mapping[str, list[int]]) -> None:
+        for split, size in self.splits.items():
+            mask = np.zeros(size, dtype=bool)
+            ids = np.asarray(have.get(split, []), dtype=np.int64)
+            mask[ids[(ids >= 0) & (ids < size)]] = True
+            self._have_previews[split] = mask
+
+    def register_split(self, name: str, size: int) -> None:
+        self.splits[name] = size
+        self._have_previews.setdefault(name, np.zeros(size, dtype=bool))
+        self._announce()
+
+    def register_hparams(self, hp: dict[str, Any]) -> None:
+        self.hparams = hp
+        self._hp_dirty = True
+        self._announce()
+
+    def _announce(self) -> None:
+        if self.channel is not None:
+            self.channel.send({"type": wire.REGISTER, "splits": dict(self.splits),
+                               "hparams": _jsonable(self.hparams)})
+
+    # -- step boundary ---------------------------------------------------------------------------
+
+    def begin_step(self) -> None:
+        if not self.started:
+            self.start()
+        if self._inflight:
+            self._flush_inflight()
+        if self.inbox or self.paused:
+            self._apply_commands()
+
+    def end_step(self, *, training: bool) -> None:
+        step = self.step
+        if training:
+            self.step += 1
+        if os.getpid() != self._pid:
+            return
+        if self._hp_dirty and self.hp_sync and self.hparams:
+            self._fields.append(("hp", Staged(records.json_field(_jsonable(self.hparams)))))
+            self._hp_dirty = False
+        if self._fields:
+            fields, self._fields = self._fields, []
+            self._emit(RecordType.STEP, step, fields)
+        if self._previews:
+            fields, self._previews = self._previews, []
+            self._emit(RecordType.PREVIEW, step, fields)
+
+    def _apply_commands(self) -> None:
+        with self._cond:
+            while True:
+                while self.inbox:
+                    self._apply(self.inbox.popleft())
+                if not self.paused or self._closed:
+                    return
+                self._cond.wait(0.5)  # the control thread keeps heartbeating meanwhile
+
+    def _apply(self, cmd: wire.Message) -> None:
+        op = cmd.get("op")
+        handler: Callable[[dict[str, Any]], dict[str, Any]] | None = {
+            "set_hparams": self._set_hparams,
+            "deny": self._deny,
+            "set_denied": self._set_denied,
+            "get_hparams": lambda args: {"hparams": _jsonable(self.hparams)},
+        }.get(str(op))
+        ack: wire.Message = {"type": wire.ACK, "cmd_id": cmd.get("cmd_id"), "step": self.step}
+        if handler is None:
+            ack.update(ok=False, message=f"unknown command {op!r}")
+        else:
+            try:
+                ack.update(ok=True, **handler(dict(cmd.get("args") or {})))
+            except Exception as exc:  # an edit that cannot apply is reported, never raised into the loop
+                ack.update(ok=False, message=f"{type(exc).__name__}: {exc}")
+        if self.channel is not None:
+            self.channel.send(ack)
+
+    def _set_hparams(self, values: dict[str, Any]) -> dict[str, Any]:
+        applied: dict[str, Any] = {}
+        for key, value in values.items():
+            if key == "is_training":
+                self.paused = not bool(value)
+            elif key == "learning_rate":
+                for opt in self.optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = float(value)
+            elif key in ("batch_size", "train_batch_size", "val_batch_size", "test_batch_size"):
+                for loader in self.loaders.values():
+                    if (key in ("batch_size", "train_batch_size")) == loader.is_training or (
+                            key == "val_batch_size" and "val" in loader.split) or (
+                            key == "test_batch_size" and "test" in loader.split):
+                        loader.batch_size = int(value)
+            self.hparams[key] = value
+            applied[key] = value
+        self._hp_dirty = True
+        return {"applied": _jsonable(applied)}
+
+    def _loader(self, split: str) -> Any:
+        loader = self.loaders.get(split)
+        if loader is None:
+            raise KeyError(f"no loader named {split!r}")
+        return loader
+
+    def _deny(self, args: dict[str, Any]) -> dict[str, Any]:
+        loader = self._loader(str(args["split"]))
+        changed = loader.set_denied(np.asarray(args.get("ids", []), dtype=np.int64), bool(args.get("deny", True)))
+        return {"changed": changed, "in_loop": loader.active_count()}
+
+    def _set_denied(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The daemon's whole deny list for a split, sent when the trainer (re)attaches."""
+        loader = self._loader(str(args["split"]))
+        loader.sampler.denied[:] = False
+        loader.set_denied(np.asarray(args.get("ids", []), dtype=np.int64), True)
+        return {"in_loop": loader.active_count()}
+
+    # -- what a step publishes ---------------------------------------------------------------------
+
+    # Field names are kind, split, name and a serial, so one record can hold many batches (a test loop).
+
+    def add_signal(self, name: str, split: str, ids: Any, values: Any) -> None:
+        n = len(self._fields)
+        self._fields.append((f"ids{SEP}{split}{SEP}{name}{SEP}{n}", stage(ids, np.int64)))
+        self._fields.append((f"sig{SEP}{split}{SEP}{name}{SEP}{n}", stage(values, np.float32)))
+
+    def add_scalar(self, name: str, value: Any) -> None:
+        self._fields.append((f"scalar{SEP}{name}{SEP}{len(self._fields)}", stage(value, np.float64)))
+
+    def add_batch(self, split: str, ids: Any, targets: Any = None, preds: Any = None, preds_raw: Any = None) -> None:
+        n = len(self._fields)
+        self._fields.append((f"bids{SEP}{split}{SEP}{n}", stage(ids, np.int64)))
+        for kind, values in (("tgt", targets), ("pred", preds), ("praw", preds_raw)):
+            if values is not None:
+                self._fields.append((f"{kind}{SEP}{split}{SEP}{n}", stage(values)))
+
+    def note_inputs(self, split: str, ids: Any, inputs: Any, targets: Any = None) -> None:
+        """Queue the inputs of samples the daemon has no preview of yet (bounded per step)."""
+        have = self._have_previews.get(split)
+        if have is None or self.channel is None or not self.channel.attached.is_set():
+            return
+        id_arr = to_numpy(ids).astype(np.int64, copy=False).reshape(-1)
+        in_range = (id_arr >= 0) & (id_arr < have.size)
+        need = np.flatnonzero(in_range & ~have[np.clip(id_arr, 0, have.size - 1)])[:PREVIEWS_PER_STEP]
+        if need.size == 0:
+            return
+        have[id_arr[need]] = True
+        n = len(self._previews)
+        self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[need].astype(np.int64))))
+        self._previews.append((f"x{SEP}{split}{SEP}{n}", stage(_take(inputs, need))))
+        if targets is not None:
+            self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", stage(_take(targets, need))))
+
+    def _emit(self, rtype: int, step: int, fields: Fields) -> None:
+        if self._inflight or not all(s.ready() for _, s in fields):
+            if len(self._inflight) >= MAX_INFLIGHT:
+                self._inflight.popleft()
+                self.dropped_inflight += 1
+            self._inflight.append((rtype, step, fields))
+            return
+        self._write(rtype, step, fields)
+
+    def _flush_inflight(self, wait: bool = False) -> None:
+        while self._inflight:
+            rtype, step, fields = self._inflight[0]
+            if not all(s.ready() for _, s in fields):
+                if not wait:
+                    return
+                time.sleep(0.001)
+                continue
+            self._inflight.popleft()
+            self._write(rtype, step, fields)
+
+    def _write(self, rtype: int, step: int, fields: Fields) -> None:
+        ring = self.ring
+        if ring is None:
+            return
+        prepared = records.prepare([(name, s.array()) for name, s in fields])
+        view = ring.reserve(rtype, step, records.encoded_size(prepared))
+        if view is None:
+            return
+        records.encode_into(view, prepared)
+        ring.commit()
+
+
+def _take(values: Any, idx: np.ndarray) -> Any:
+    if hasattr(values, "detach"):
+        import torch  # only reached with a torch tensor in hand
+
+        return values[torch.as_tensor(idx, device=values.device)]
+    return np.asarray(values)[idx]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            pass
+    return str(value)

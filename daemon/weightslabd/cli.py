@@ -1,0 +1,74 @@
+"""`weightslabd` on the command line: serve (the default), config, certs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings, render_effective
+from .logs import configure_logging
+from .server import BindError
+from .tls import TlsError, generate_certs
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="weightslabd", description="Serve Weights Studio beside a running training.")
+    p.add_argument("--env", metavar="FILE", help="settings file (dotenv syntax); the environment overrides it")
+    p.add_argument("--version", action="version", version=f"weightslabd {__version__}")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the daemon (the default)")
+    sub.add_parser("config", help="print the effective settings and where each came from (secrets masked)")
+    certs = sub.add_parser("certs", help="create a CA, a server pair and a client pair for TLS/mTLS")
+    certs.add_argument("--dir", type=Path, help="where to write them (default: GRPC_TLS_CERT_DIR)")
+    certs.add_argument("--host", action="append", default=[], help="extra host name for the server certificate")
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env)
+        if args.command == "config":
+            print(render_effective(settings))
+            return 0
+        if args.command == "certs":
+            return _certs(settings, args)
+        return _serve(settings)
+    except (ConfigError, TlsError, BindError) as exc:
+        print(f"weightslabd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _certs(settings: Settings, args: argparse.Namespace) -> int:
+    cert_dir = (args.dir or settings.grpc_tls_cert_dir).expanduser()
+    paths = generate_certs(cert_dir, args.host, overwrite=args.force)
+    for role, path in paths.items():
+        print(f"{role:>12}  {path}")
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    from .daemon import BootError, Daemon  # grpc and friends load only when serving
+
+    configure_logging(settings.weightslab_log_level, log_to_file=settings.weightslab_log_to_file,
+                      log_dir=settings.log_dir(), secrets=settings.secret_values())
+    daemon = Daemon(settings)
+    try:
+        daemon.boot()
+    except BootError as exc:
+        print(f"weightslabd: {exc}", file=sys.stderr)
+        daemon.shutdown()
+        return EXIT_USAGE
+    except (TlsError, BindError):
+        daemon.shutdown()
+        raise
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The daemon's lifecycle: boot, serve, and a main loop that reacts to signals.
+
+Signal handlers only note the signal and wake the loop through a pipe; each signal has its own
+`handle_<name>` method run by the loop, outside the handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import select
+import signal
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+
+from weightslab_shim.runtime import DAEMON_LOCK, ensure_private_dir
+
+from .config import Settings
+from .control import ControlServer
+from .logs import reopen_log_files
+from .runs import RunRegistry
+from .server import GrpcServer, build_server
+from .servicer import ExperimentServicer
+from .tls import server_credentials
+
+log = structlog.get_logger("weightslabd")
+STATE_FILE = "daemon.json"
+DRAIN_SECONDS = 5.0
+
+
+class BootError(Exception):
+    """The daemon cannot start; the message says why in one line."""
+
+
+class Daemon:
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime_dir = settings.runtime_dir()
+        self._signals: deque[int] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._running = False
+        self._lock_fd: int | None = None
+        self.grpc: GrpcServer | None = None
+        self.control: ControlServer | None = None
+        self.registry: RunRegistry | None = None
+        self.servicer: ExperimentServicer | None = None
+
+    # -- boot ------------------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        s = self.settings
+        credentials = self._tls_credentials()
+        try:
+            ensure_private_dir(self.runtime_dir)
+        except OSError as exc:
+            raise BootError(f"WEIGHTSLAB_RUNTIME_DIR={self.runtime_dir}: {exc}") from None
+        self._take_lock()
+        self.registry = RunRegistry(s.weightslab_root_log_dir, self.runtime_dir)
+        self.registry.load()
+        self.control = ControlServer(self.runtime_dir, self.registry, hp_sync=s.wl_enable_hp_sync,
+                                     heartbeat_timeout=s.weightslab_heartbeat_timeout_seconds)
+        self.control.recover_orphans()
+        self.control.start()
+        self.servicer = ExperimentServicer(self.registry, self.control)
+        self.grpc = build_server(s, self.servicer, credentials)
+        self.grpc.server.start()
+        self.grpc.set_serving(True)
+        self._write_state()
+        log.info("weightslabd ready", grpc=self.grpc.address, tls=credentials is not None,
+                 control=self.control.endpoint, runs=len(self.registry.runs), pid=os.getpid())
+
+    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+        cfg = self.settings.tls()
+        return server_credentials(cfg) if cfg.enabled else None
+
+    def _take_lock(self) -> None:
+        path = self.runtime_dir / DAEMON_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise BootError(f"another weightslabd (pid {other}) is running with runtime dir {self.runtime_dir}; "
+                            "set WEIGHTSLAB_RUNTIME_DIR to run one beside it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _write_state(self) -> None:
+        assert self.grpc is not None and self.control is not None
+        state = {"pid": os.getpid(), "grpc_address": self.grpc.address, "grpc_port": self.grpc.port,
+                 "control": self.control.endpoint}
+        tmp = self.runtime_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.runtime_dir / STATE_FILE)
+
+    # -- main loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._note_signal)
+        self._running = True
+        while self._running:
+            with contextlib.suppress(InterruptedError):
+                select.select([self._wake_r], [], [], 1.0)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 512)
+            while self._signals:
+                sig = self._signals.popleft()
+                getattr(self, f"handle_{signal.Signals(sig).name.lower()}")()
+        self.shutdown()
+        return 0
+
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
+
+    def handle_sigterm(self) -> None:
+        log.info("SIGTERM: draining and stopping")
+        self._running = False
+
+    def handle_sigint(self) -> None:
+        log.info("SIGINT: draining and stopping")
+        self._running = False
+
+    def handle_sighup(self) -> None:
+        reopen_log_files()
+        log.info("SIGHUP: log files reopened")
+
+    def shutdown(self) -> None:
+        if self.servicer is not None:
+            self.servicer.stopping.set()
+        if self.grpc is not None:
+            self.grpc.stop(DRAIN_SECONDS)
+        if self.control is not None:
+            self.control.stop()
+        if self.registry is not None:
+            self.registry.close()
+        with contextlib.suppress(FileNotFoundError):
+            (self.runtime_dir / STATE_FILE).unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("weightslabd stopped")
+
+
+def read_state(runtime_dir: Path) -> dict[str, Any] | None:
+    """What a running daemon wrote about itself (address, pid), for tools and tests."""
+    try:
+        return dict(json.loads((runtime_dir / STATE_FILE).read_text()))
+    except (FileNotFoundError, ValueError):
+        return None

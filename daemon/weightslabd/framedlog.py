@@ -1,0 +1,105 @@
+"""An append-only file of checksummed frames: the one on-disk mechanism under the edit journal and
+the signal store.
+
+    frame: length u32 | crc32 u32 | payload
+
+A frame cut short by a crash (or a corrupt one) ends the readable part: everything before it is
+served, the tail is cut off on open so new frames follow good ones.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+FRAME = struct.Struct("<II")
+MAX_FRAME = 1 << 30
+
+
+class FramedLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.torn_bytes = 0
+        good = self._scan_end()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        size = os.fstat(self._fd).st_size
+        if size > good:
+            self.torn_bytes = size - good
+            os.ftruncate(self._fd, good)
+        os.lseek(self._fd, good, os.SEEK_SET)
+        self.size = good
+
+    def _scan_end(self) -> int:
+        end = 0
+        for offset, payload in self._frames():
+            end = offset + FRAME.size + len(payload)
+        return end
+
+    def _frames(self) -> Iterator[tuple[int, bytes]]:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - a generator holds it
+        except FileNotFoundError:
+            return
+        with f:
+            offset = 0
+            while True:
+                head = f.read(FRAME.size)
+                if len(head) < FRAME.size:
+                    return
+                length, crc = FRAME.unpack(head)
+                if length > MAX_FRAME:
+                    return
+                payload = f.read(length)
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    return
+                yield offset, payload
+                offset += FRAME.size + length
+
+    def frames(self) -> Iterator[tuple[int, bytes]]:
+        """(offset, payload) of every good frame, in order."""
+        return self._frames()
+
+    def append(self, payload: bytes | memoryview, *, sync: bool = False) -> int:
+        """Write one frame; with sync it is on disk (fsync) before this returns. Returns its offset.
+
+        On failure (a full disk) the file is cut back to where it was, so no partial frame stays."""
+        head = FRAME.pack(len(payload), zlib.crc32(payload))
+        with self._lock:
+            offset = self.size
+            try:
+                self._write_all(memoryview(head + bytes(payload)))
+                if sync:
+                    os.fsync(self._fd)
+            except OSError:
+                os.ftruncate(self._fd, offset)
+                os.lseek(self._fd, offset, os.SEEK_SET)
+                raise
+            self.size = offset + FRAME.size + len(payload)
+            return offset
+
+    def _write_all(self, data: memoryview) -> None:
+        while data:
+            data = data[os.write(self._fd, data):]  # a write may be short
+
+    def read_at(self, offset: int) -> bytes:
+        head = os.pread(self._fd, FRAME.size, offset)
+        length, crc = FRAME.unpack(head)
+        payload = os.pread(self._fd, length, offset + FRAME.size)
+        if zlib.crc32(payload) != crc:
+            raise ValueError(f"{self.path}: frame at {offset} fails its checksum")
+        return payload
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -1,0 +1,99 @@
+"""Signal history: one append-only curve per metric, and reads reduced to a point budget.
+
+A curve holds, per step, the value (a scalar signal, or the mean of a per-sample signal), the
+batch's min and max (for an error band) and the arrival time. Reads decimate to `max_points` by
+keeping the first and last points and an evenly spaced subset between: no value is invented.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Curve:
+    name: str
+    steps: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))
+    vmin: array = field(default_factory=lambda: array("d"))
+    vmax: array = field(default_factory=lambda: array("d"))
+    stamps: array = field(default_factory=lambda: array("q"))  # unix ms
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+@dataclass(frozen=True)
+class Points:
+    name: str
+    steps: np.ndarray
+    values: np.ndarray
+    vmin: np.ndarray
+    vmax: np.ndarray
+    stamps: np.ndarray
+    end: int  # the curve's length when read: where an incremental reader resumes
+
+
+def decimate_indexes(n: int, max_points: int) -> np.ndarray:
+    """Indexes of at most max_points of n points, first and last included (max_points <= 0: all)."""
+    if max_points <= 0 or n <= max_points:
+        return np.arange(n)
+    if max_points == 1:
+        return np.array([n - 1])
+    return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
+
+
+class SignalHistory:
+    def __init__(self) -> None:
+        self.curves: dict[str, Curve] = {}
+        self._lock = threading.Lock()
+        self.version = 0  # bumps on every append, for waiters
+
+    def append(self, name: str, step: int, value: float, vmin: float, vmax: float, stamp_ms: int) -> None:
+        with self._lock:
+            curve = self.curves.get(name)
+            if curve is None:
+                curve = self.curves[name] = Curve(name)
+            curve.steps.append(step)
+            curve.values.append(value)
+            curve.vmin.append(vmin)
+            curve.vmax.append(vmax)
+            curve.stamps.append(stamp_ms)
+            self.version += 1
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self.curves)
+
+    def length(self, name: str) -> int:
+        with self._lock:
+            curve = self.curves.get(name)
+            return len(curve) if curve else 0
+
+    def read(self, name: str, start: int = 0, max_points: int = 0) -> Points:
+        """Points from index `start` on, reduced to max_points."""
+        with self._lock:
+            curve = self.curves[name]
+            n = len(curve)
+            arrays = [np.frombuffer(a, dtype=a.typecode)[start:n].copy() if n > start else
+                      np.empty(0, dtype=a.typecode)
+                      for a in (curve.steps, curve.values, curve.vmin, curve.vmax, curve.stamps)]
+        idx = decimate_indexes(len(arrays[0]), max_points)
+        steps, values, vmin, vmax, stamps = (a[idx] for a in arrays)
+        return Points(name, steps, values, vmin, vmax, stamps, max(n, start))
+
+    def latest(self) -> tuple[str, int, float] | None:
+        """The most recently appended point of any curve: (name, step, value)."""
+        with self._lock:
+            best: tuple[int, str] | None = None
+            for name, curve in self.curves.items():
+                if len(curve) and (best is None or curve.stamps[-1] >= best[0]):
+                    best = (curve.stamps[-1], name)
+            if best is None:
+                return None
+            curve = self.curves[best[1]]
+            return curve.name, curve.steps[-1], curve.values[-1]

@@ -1,0 +1,84 @@
+"""Ingest: one thread per attached ring turns its records into run state.
+
+A record is persisted and applied before the read position moves past it, so a daemon killed at
+any moment re-reads at most the record in hand (and `Run.apply_record` drops that duplicate).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+
+from weightslab_shim.records import MalformedPayload
+from weightslab_shim.ring import CorruptRecord, RingReader
+
+from .run import Run
+
+log = structlog.get_logger("weightslabd.ingest")
+IDLE_MIN = 0.001
+IDLE_MAX = 0.02
+BATCH = 256
+
+
+class RingDrain:
+    def __init__(self, reader: RingReader, run: Run, sender: str) -> None:
+        self.reader = reader
+        self.run = run
+        self.sender = sender  # who wrote the ring, for error lines
+        self.corrupt = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one drainer at a time: the thread, or a final drain
+        self._thread = threading.Thread(target=self._loop, name=f"ingest-{reader.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        idle = IDLE_MIN
+        while not self._stop.is_set():
+            n = self.drain_once()
+            if n:
+                idle = IDLE_MIN
+            else:
+                self._stop.wait(idle)
+                idle = min(idle * 2, IDLE_MAX)
+
+    def drain_once(self, limit: int = BATCH) -> int:
+        with self._lock:
+            n = 0
+            try:
+                for rec in self.reader.records(limit):
+                    try:
+                        self.run.apply_record(rec.type, rec.step, rec.payload, rec.position)
+                    except (MalformedPayload, ValueError) as exc:
+                        self.corrupt += 1
+                        log.error("malformed ring record skipped", sender=self.sender, position=rec.position,
+                                  error=str(exc))
+                    self.reader.advance()
+                    n += 1
+            except CorruptRecord as exc:
+                lost = self.reader.skip(exc.position)
+                self.corrupt += 1
+                log.error("corrupt ring record skipped", sender=self.sender, position=exc.position,
+                          reason=exc.reason, bytes_lost=lost)
+                n += 1
+            dropped, _ = self.reader.dropped
+            self.run.dropped = dropped
+            return n
+
+    def drain_all(self) -> int:
+        total = 0
+        while True:
+            n = self.drain_once(1 << 30)
+            total += n
+            if n == 0 or self.reader.pending() == 0:
+                return total
+
+    def stop(self, *, final_drain: bool, unlink: bool) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+        if final_drain:
+            self.drain_all()
+        self.reader.close(unlink_segment=unlink)

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules for protos/*.proto (regenerate with `./dev protos`)."""

@@ -1,0 +1,254 @@
+"""One training run as the daemon knows it: its folder, its stores, and the state rebuilt from them.
+
+    <root>/<run id>/manifest.json    who and what (atomic replace on change)
+                    signals.log      every ring record as received (framed; replayed at start)
+                    previews.log     input tensors of samples, for the preview cache
+                    edits.journal    the user's edits, fsynced before they are acknowledged
+
+Live records and replayed ones go through the same `apply_record`, so a restarted daemon rebuilds
+exactly the state it served before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightslab_shim import records
+from weightslab_shim.ring import RecordType
+from weightslab_shim.session import SEP
+
+from .framedlog import FramedLog
+from .history import SignalHistory
+from .samples import SampleTable
+
+STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring position
+
+
+@dataclass
+class PendingCommand:
+    cmd_id: str
+    op: str
+    args: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    ack: dict[str, Any] | None = None
+
+
+class Run:
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        self.folder = folder
+        self.run_id: str = manifest["run_id"]
+        self.manifest = manifest
+        self.lock = threading.RLock()
+        self.samples = SampleTable()
+        self.history = SignalHistory()
+        self.hparams: dict[str, Any] = dict(manifest.get("hparams") or {})
+        self.desired: dict[str, Any] = {}  # journaled hyperparameter edits the trainer has not acked yet
+        self.step = int(manifest.get("step", 0))
+        self.paused = bool(manifest.get("paused", False))
+        self.dropped = 0
+        self.changed = threading.Condition(self.lock)
+        self.last_position = -1
+        self.pending: dict[str, PendingCommand] = {}
+        self.unacked_edits: dict[int, dict[str, Any]] = {}
+        self.preview_index: dict[str, dict[int, int]] = {}
+        self._signal_home: dict[str, str] = {}
+        self._seq = 0
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for split, size in (manifest.get("splits") or {}).items():
+            self.samples.ensure_split(split, int(size))
+        self.signals = FramedLog(folder / "signals.log")
+        self.previews = FramedLog(folder / "previews.log")
+        self.journal = FramedLog(folder / "edits.journal")
+        self._replay()
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, folder: Path) -> Run:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return cls(folder, manifest)
+
+    @classmethod
+    def create(cls, folder: Path, manifest: dict[str, Any]) -> Run:
+        run = cls(folder, manifest)
+        run.save_manifest()
+        return run
+
+    def save_manifest(self) -> None:
+        with self.lock:
+            self.manifest.update(step=self.step, paused=self.paused, hparams=self.hparams,
+                                 splits={n: t.size for n, t in self.samples.splits.items()}, dropped=self.dropped)
+            data = json.dumps(self.manifest, indent=1, default=str)
+        tmp = self.folder / "manifest.json.tmp"
+        tmp.write_text(data)
+        os.replace(tmp, self.folder / "manifest.json")
+
+    def _replay(self) -> None:
+        for _, frame in self.signals.frames():
+            rtype, step, stamp, position = STORED.unpack_from(frame)
+            self._apply(rtype, step, memoryview(frame)[STORED.size:], stamp, position)
+        for offset, frame in self.previews.frames():
+            self._index_previews(offset, frame)
+        for _, frame in self.journal.frames():
+            self._apply_edit(json.loads(frame))
+
+    def close(self) -> None:
+        self.save_manifest()
+        for log in (self.signals, self.previews, self.journal):
+            log.close()
+
+    # -- records from the trainer --------------------------------------------------------------------
+
+    def apply_record(self, rtype: int, step: int, payload: memoryview, position: int) -> bool:
+        """Persist then apply one ring record; False for one already applied (re-read after a restart)."""
+        with self.lock:
+            if position <= self.last_position:
+                return False
+            stamp = int(time.time() * 1000)
+            if rtype == RecordType.PREVIEW:
+                offset = self.previews.append(payload)
+                self._index_previews(offset, payload)
+                self.signals.append(STORED.pack(rtype, step, stamp, position))
+                self.last_position = position
+                return True
+            self.signals.append(STORED.pack(rtype, step, stamp, position) + bytes(payload))
+            self._apply(rtype, step, payload, stamp, position)
+            self.changed.notify_all()
+            return True
+
+    def _apply(self, rtype: int, step: int, payload: memoryview, stamp: int, position: int) -> None:
+        self.last_position = max(self.last_position, position)
+        if rtype != RecordType.STEP:
+            return
+        fields = records.decode(payload)
+        curves: dict[str, list[np.ndarray]] = {}
+        batches: dict[str, dict[str, np.ndarray]] = {}
+        for key, arr in fields.items():
+            parts = key.split(SEP)
+            kind = parts[0]
+            if kind == "sig" and len(parts) == 4:
+                _, split, name, serial = parts
+                ids = fields.get(f"ids{SEP}{split}{SEP}{name}{SEP}{serial}")
+                if ids is None:
+                    continue
+                table = self.samples.get(split) or self.samples.ensure_split(split, int(ids.max(initial=-1)) + 1)
+                values = arr.reshape(-1)
+                table.set_signal(name, ids.reshape(-1), values, step)
+                curves.setdefault(self._curve_name(name, split), []).append(values)
+            elif kind == "scalar" and len(parts) == 3:
+                curves.setdefault(parts[1], []).append(arr.reshape(-1).astype(np.float64))
+            elif kind in ("bids", "tgt", "pred", "praw") and len(parts) == 3:
+                batches.setdefault(f"{parts[1]}{SEP}{parts[2]}", {})[kind] = arr
+            elif kind == "hp":
+                self.hparams.update(records.as_json(arr))
+        for key, batch in batches.items():
+            ids = batch.get("bids")
+            if ids is None:
+                continue
+            split = key.split(SEP)[0]
+            table = self.samples.get(split) or self.samples.ensure_split(split, int(ids.max(initial=-1)) + 1)
+            table.set_batch(ids.reshape(-1), _column(batch.get("tgt")), _column(batch.get("pred")))
+        for name, parts_ in curves.items():
+            values = np.concatenate(parts_) if len(parts_) > 1 else parts_[0]
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                continue
+            self.history.append(name, step, float(finite.mean()), float(finite.min()), float(finite.max()), stamp)
+        self.step = max(self.step, step + 1)
+
+    def _curve_name(self, signal: str, split: str) -> str:
+        """A signal keeps its own name on the first split it is seen on; other splits add theirs."""
+        home = self._signal_home.setdefault(signal, split)
+        return signal if home == split else f"{signal}/{split}"
+
+    def _index_previews(self, offset: int, payload: bytes | memoryview) -> None:
+        for key, arr in records.decode(payload).items():
+            parts = key.split(SEP)
+            if parts[0] == "pids" and len(parts) == 3:
+                index = self.preview_index.setdefault(parts[1], {})
+                for i in arr.reshape(-1).tolist():
+                    index[int(i)] = offset
+
+    def preview_ids(self) -> dict[str, list[int]]:
+        with self.lock:
+            return {split: sorted(idx) for split, idx in self.preview_index.items()}
+
+    # -- the user's edits --------------------------------------------------------------------------
+
+    def journal_edit(self, edit: dict[str, Any]) -> int:
+        """Make an edit durable (fsync), then apply it to the daemon's state. Raises OSError if the
+        disk refuses it: then nothing changed and nothing may be acknowledged."""
+        with self.lock:
+            seq = self._seq + 1
+            entry = dict(edit, seq=seq, ts=time.time())
+            self.journal.append(json.dumps(entry, separators=(",", ":")).encode(), sync=True)
+            self._apply_edit(entry)
+            return seq
+
+    def _apply_edit(self, entry: dict[str, Any]) -> None:
+        self._seq = max(self._seq, int(entry.get("seq", 0)))
+        kind = entry.get("kind")
+        if kind == "hparams":
+            self.desired.update(entry["values"])
+            self.unacked_edits[entry["seq"]] = entry
+        elif kind == "deny":
+            table = self.samples.get(entry["split"])
+            if table is not None:
+                table.set_denied(np.asarray(entry["ids"], dtype=np.int64), bool(entry["deny"]))
+            self.unacked_edits[entry["seq"]] = entry
+        elif kind == "tags":
+            table = self.samples.get(entry["split"])
+            if table is not None:
+                table.edit_tags(np.asarray(entry["ids"], dtype=np.int64), list(entry["tags"]), entry["mode"])
+        elif kind == "applied":
+            done = self.unacked_edits.pop(int(entry["edit"]), None)
+            if done is not None and done.get("kind") == "hparams" and entry.get("ok", True):
+                for key, value in done["values"].items():
+                    if self.desired.get(key) == value:
+                        del self.desired[key]
+                    self.hparams[key] = value
+
+    def record_applied(self, seq: int, step: int, ok: bool, message: str = "") -> None:
+        """The trainer applied (or refused) journaled edit `seq` at `step`."""
+        with self.lock:
+            if seq not in self.unacked_edits:
+                return
+            entry = {"kind": "applied", "edit": seq, "step": step, "ok": ok, "message": message}
+            self.journal.append(json.dumps(entry, separators=(",", ":")).encode())
+            self._apply_edit(entry)
+
+    def effective_hparams(self) -> dict[str, Any]:
+        with self.lock:
+            hp = dict(self.hparams)
+            hp.update(self.desired)
+            hp.setdefault("is_training", not self.paused)
+            if "is_training" not in self.desired:
+                hp["is_training"] = not self.paused
+            return hp
+
+    def commands_to_resend(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """What a (re)attached trainer must be told: the unacked hyperparameter edits, in order, and
+        the full deny state of every split (idempotent, so a repeat is harmless)."""
+        with self.lock:
+            out: list[tuple[int, str, dict[str, Any]]] = []
+            for seq, entry in sorted(self.unacked_edits.items()):
+                if entry["kind"] == "hparams":
+                    out.append((seq, "set_hparams", dict(entry["values"])))
+            for split, table in self.samples.splits.items():
+                out.append((0, "set_denied", {"split": split, "ids": np.flatnonzero(table.denied).tolist()}))
+            return out
+
+
+def _column(values: np.ndarray | None) -> np.ndarray | None:
+    if values is None:
+        return None
+    return values.reshape(values.shape[0], -1)[:, 0] if values.ndim > 1 and values.shape[1:] == (1,) else values

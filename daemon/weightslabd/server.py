@@ -1,0 +1,76 @@
+"""The gRPC server: thread pool, limits, TLS, token auth and health, around the Studio servicer."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from .auth import TokenAuthInterceptor
+from .config import Settings
+from .proto import experiment_service_pb2_grpc as pb_grpc
+from .servicer import ExperimentServicer
+
+WORKERS = 16
+SERVICE = "ExperimentService"
+
+
+class BindError(Exception):
+    """The gRPC address could not be bound."""
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+    address: str
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            self.health.set(name, status)
+
+    def stop(self, grace: float) -> None:
+        self.set_serving(False)
+        self.server.stop(grace).wait(grace + 1)
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def build_server(settings: Settings, servicer: ExperimentServicer,
+                 credentials: grpc.ServerCredentials | None) -> GrpcServer:
+    limit = settings.grpc_max_message_bytes
+    options = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        # Browsers hold streams open for hours: ping idle connections, tolerate client pings.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="grpc"),
+        interceptors=[TokenAuthInterceptor(settings.auth_tokens())],
+        options=options,
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or WORKERS,
+    )
+    pb_grpc.add_ExperimentServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = host_port(settings.grpc_backend_host, settings.grpc_backend_port)
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError as exc:
+        raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={address}: cannot listen ({exc})") from None
+    if port == 0:
+        raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={address}: cannot listen (address in use?)")
+    result = GrpcServer(server, health_servicer, port, host_port(settings.grpc_backend_host, port))
+    result.set_serving(False)
+    return result

@@ -1,0 +1,253 @@
+"""ExperimentService: what Weights Studio calls (see STUDIO-WIRE.md). RPCs not built yet answer
+UNIMPLEMENTED through the generated base class."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import grpc
+
+from .control import ControlServer
+from .proto import experiment_service_pb2 as pb
+from .proto import experiment_service_pb2_grpc as pb_grpc
+from .run import Run
+from .runs import RunRegistry
+
+APPLY_WAIT = 2.0  # how long a hyperparameter edit waits for the trainer's ack before replying
+CURSOR_IDLE = 600.0
+# HyperParameters field -> the trainer's hyperparameter key
+HP_FIELDS = {
+    "experiment_name": "experiment_name", "training_steps_to_do": "training_steps_to_do",
+    "learning_rate": "learning_rate", "batch_size": "batch_size", "full_eval_frequency": "full_eval_frequency",
+    "checkpont_frequency": "checkpoint_frequency", "is_training": "is_training", "nb_steps": "nb_steps",
+    "auditor_mode": "auditor_mode", "train_batch_size": "train_batch_size", "val_batch_size": "val_batch_size",
+    "test_batch_size": "test_batch_size", "evaluation_mode": "evaluation_mode",
+    "evaluation_config": "evaluation_config",
+}
+TOTAL_STEP_KEYS = ("total_training_steps", "training_steps_to_do", "training_left", "nb_steps")
+
+
+class ReaderCursors:
+    """Per-client positions for incremental plot reads, so two browsers never take each other's points."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cursors: OrderedDict[str, tuple[float, dict[tuple[str, str], int]]] = OrderedDict()
+
+    def get(self, client: str) -> dict[tuple[str, str], int]:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._cursors.pop(client, None)
+            cursor = entry[1] if entry else {}
+            self._cursors[client] = (now, cursor)
+            while self._cursors:
+                oldest, (seen, _) = next(iter(self._cursors.items()))
+                if now - seen < CURSOR_IDLE:
+                    break
+                del self._cursors[oldest]
+            return cursor
+
+
+def client_key(context: grpc.ServicerContext) -> str:
+    meta = dict(context.invocation_metadata() or ())
+    explicit = meta.get("x-client-id")
+    return f"id:{explicit}" if explicit else f"peer:{context.peer()}"
+
+
+class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
+    def __init__(self, registry: RunRegistry, control: ControlServer) -> None:
+        self.registry = registry
+        self.control = control
+        self.cursors = ReaderCursors()
+        self.stopping = threading.Event()
+
+    # -- training control --------------------------------------------------------------------
+
+    def ExperimentCommand(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        if run is None:
+            return pb.CommandResponse(success=False, message="no training run has attached to weightslabd yet")
+        if request.HasField("hyper_parameter_change"):
+            return self._change_hparams(run, request.hyper_parameter_change.hyper_parameters)
+        for field, split_pick, deny in (("deny_samples_operation", "train", True),
+                                        ("remove_from_denylist_operation", "train", False),
+                                        ("deny_eval_samples_operation", "eval", True),
+                                        ("remove_eval_from_denylist_operation", "eval", False)):
+            if request.HasField(field):
+                op = getattr(request, field)
+                return self._deny(run, self._split_for(run, split_pick), list(op.sample_ids), deny,
+                                  accumulate=op.accumulate)
+        response = pb.CommandResponse(success=True, message="")
+        if request.get_hyper_parameters:
+            response.hyper_parameters_descs.extend(hparam_descs(run))
+        return response
+
+    def _change_hparams(self, run: Run, hp: Any) -> Any:
+        values: dict[str, Any] = {}
+        for field, key in HP_FIELDS.items():
+            if hp.HasField(field):
+                values[key] = getattr(hp, field)
+        if not values:
+            return pb.CommandResponse(success=False, message="hyper_parameter_change sets no field")
+        problem = validate_hparams(values)
+        if problem:
+            return pb.CommandResponse(success=False, message=problem)
+        return self._edit(run, {"kind": "hparams", "values": values}, "set_hparams", values)
+
+    def _split_for(self, run: Run, which: str) -> str:
+        names = list(run.samples.splits)
+        if which == "train":
+            return names[0] if names else "train"
+        return next((n for n in names if n != (names[0] if names else None)), "eval")
+
+    def _deny(self, run: Run, split: str, ids: list[int], deny: bool, *, accumulate: bool = True) -> Any:
+        table = run.samples.get(split)
+        if table is None:
+            return pb.CommandResponse(success=False, message=f"no split named {split!r} in run {run.run_id}")
+        if deny and not accumulate:
+            restore = sorted(set(int(i) for i in (table.denied.nonzero()[0])) - set(ids))
+            if restore:
+                reply = self._edit(run, {"kind": "deny", "split": split, "ids": restore, "deny": False},
+                                   "deny", {"split": split, "ids": restore, "deny": False})
+                if not reply.success:
+                    return reply
+        args = {"split": split, "ids": [int(i) for i in ids], "deny": deny}
+        return self._edit(run, dict(args, kind="deny"), "deny", args)
+
+    def _edit(self, run: Run, edit: dict[str, Any], op: str, args: dict[str, Any]) -> Any:
+        """Journal (fsync) first, then tell the trainer; reply with what is known after a bounded wait."""
+        try:
+            seq = run.journal_edit(edit)
+        except OSError as exc:
+            return pb.CommandResponse(success=False, message=f"edit not saved, nothing changed: {exc.strerror or exc}")
+        pending = self.control.send_command(run, op, args, edit_seq=seq)
+        if pending is None:
+            return pb.CommandResponse(success=True, message="saved; no trainer is attached, it applies when the "
+                                                            "trainer reattaches")
+        if not pending.done.wait(APPLY_WAIT) or pending.ack is None:
+            return pb.CommandResponse(success=True, message="saved; the trainer applies it at its next step boundary")
+        ack = pending.ack
+        if not ack.get("ok"):
+            return pb.CommandResponse(success=False, message=f"the trainer refused it: {ack.get('message', '')}")
+        return pb.CommandResponse(success=True, message=f"applied at step {ack.get('step')}")
+
+    # -- plots ---------------------------------------------------------------------------------
+
+    def GetLatestLoggerData(self, request: Any, context: grpc.ServicerContext) -> Any:
+        runs = self._runs(list(request.experiment_hashes))
+        wanted = set(request.metric_names)
+        max_points = int(request.max_points) if request.max_points > 0 else 0
+        cursor = self.cursors.get(client_key(context))
+        response = pb.GetLatestLoggerDataResponse(applied_max_points=max_points)
+        for run in runs:
+            for name in run.history.names():
+                if wanted and name not in wanted:
+                    continue
+                key = (run.run_id, name)
+                start = 0 if request.request_full_history else cursor.get(key, 0)
+                pts = run.history.read(name, start, max_points)
+                cursor[key] = pts.end
+                total = run.history.length(name)
+                if total:
+                    full = run.history.read(name, 0, 2) if request.index_only else pts
+                    response.curves.add(metric_name=name, experiment_hash=run.run_id,
+                                        first_step=int(full.steps[0]) if len(full.steps) else 0,
+                                        last_step=int(full.steps[-1]) if len(full.steps) else 0,
+                                        point_count=total,
+                                        value_min=float(pts.vmin.min()) if len(pts.vmin) else 0.0,
+                                        value_max=float(pts.vmax.max()) if len(pts.vmax) else 0.0)
+                if request.index_only:
+                    continue
+                for i in range(len(pts.steps)):
+                    response.points.add(
+                        metric_name=name, model_age=int(pts.steps[i]), metric_value=float(pts.values[i]),
+                        experiment_hash=run.run_id, timestamp=int(pts.stamps[i]),
+                        value_min=float(pts.vmin[i]), value_max=float(pts.vmax[i]), has_value_range=True)
+        return response
+
+    def _runs(self, hashes: list[str]) -> list[Run]:
+        if hashes:
+            return [r for r in (self.registry.get(h) for h in hashes) if r is not None]
+        run = self.registry.current()
+        return [run] if run else []
+
+    def StreamStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        seen = (None, -1)
+        while context.is_active() and not self.stopping.is_set():
+            run = self.registry.current()
+            if run is None:
+                self.stopping.wait(0.5)
+                continue
+            with run.changed:
+                if (run.run_id, run.history.version) == seen:
+                    run.changed.wait(0.5)
+                version = run.history.version
+            if (run.run_id, version) == seen:
+                continue
+            seen = (run.run_id, version)
+            yield status_message(run)
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def GetDataSplits(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        return pb.DataSplitsResponse(success=run is not None, split_names=list(run.samples.splits) if run else [])
+
+
+def status_message(run: Run) -> Any:
+    msg = pb.TrainingStatusEx(timestamp=datetime.now(timezone.utc).isoformat(),
+                              experiment_name=str(run.manifest.get("run_name", run.run_id)), model_age=run.step)
+    latest = run.history.latest()
+    if latest is not None:
+        msg.metrics_status.name, msg.metrics_status.value = latest[0], latest[2]
+    return msg
+
+
+def validate_hparams(values: dict[str, Any]) -> str | None:
+    lr = values.get("learning_rate")
+    if lr is not None and (not math.isfinite(lr) or lr < 0):
+        return f"learning_rate must be a finite number >= 0, got {lr}"
+    for key in ("batch_size", "train_batch_size", "val_batch_size", "test_batch_size"):
+        if key in values and values[key] < 1:
+            return f"{key} must be at least 1, got {values[key]}"
+    if values.get("training_steps_to_do", 0) < 0:
+        return f"training_steps_to_do must be >= 0, got {values['training_steps_to_do']}"
+    return None
+
+
+def hparam_descs(run: Run) -> list[Any]:
+    hp = _flatten(run.effective_hparams())
+    descs = []
+    for key, value in hp.items():
+        descs.append(_desc(key, value))
+    if "total_training_steps" not in hp:
+        total = next((hp[k] for k in TOTAL_STEP_KEYS if isinstance(hp.get(k), (int, float))), None)
+        if total is not None:
+            descs.append(_desc("total_training_steps", total))
+    descs.append(_desc("model_age", run.step))
+    return descs
+
+
+def _desc(key: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return pb.HyperParameterDesc(label=key, name=key, type="bool", numerical_value=float(value),
+                                     string_value="true" if value else "false")
+    if isinstance(value, (int, float)):
+        return pb.HyperParameterDesc(label=key, name=key, type="number", numerical_value=float(value))
+    return pb.HyperParameterDesc(label=key, name=key, type="text", string_value=str(value))
+
+
+def _flatten(hp: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in hp.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
