@@ -24,7 +24,7 @@ import numpy as np
 from . import records, wire
 from .channel import ControlChannel
 from .ring import RecordType, RingWriter
-from .runtime import control_endpoint, resolve_runtime_dir, ring_prefix
+from .runtime import CONTROL_SOCKET, control_endpoint, resolve_runtime_dir, ring_prefix
 from .tensors import Staged, stage, to_numpy
 
 SEP = "\x1f"  # separates kind, split and signal name in a field name; never in user names
@@ -98,6 +98,8 @@ class Session:
             return
         self._flush_inflight(wait=True)
         self.ring.mark_closed()
+        if not self.channel.attached.is_set() and (self.runtime_dir / CONTROL_SOCKET).exists():
+            self.channel.attached.wait(END_TIMEOUT)  # a daemon is there: let a short run reach it
         ever_attached = self.channel.attached.is_set() or self.channel.ended.is_set()
         drained = self.channel.end_of_stream(
             {"type": wire.END, "run_id": self.run_id, "step": self.step}, END_TIMEOUT)

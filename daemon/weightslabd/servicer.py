@@ -55,9 +55,14 @@ class ReaderCursors:
 
 
 def client_key(context: grpc.ServicerContext) -> str:
-    meta = dict(context.invocation_metadata() or ())
-    explicit = meta.get("x-client-id")
-    return f"id:{explicit}" if explicit else f"peer:{context.peer()}"
+    """Who is reading: an explicit x-client-id, else the browser behind a proxy, else the connection."""
+    meta = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    if meta.get("x-client-id"):
+        return f"id:{meta['x-client-id']}"
+    forwarded = meta.get("x-forwarded-for") or meta.get("x-envoy-external-address")
+    if forwarded:
+        return f"fwd:{forwarded}|{meta.get('user-agent', '')}"
+    return f"peer:{context.peer()}"
 
 
 class ExperimentServicer(pb_grpc.ExperimentServiceServicer):

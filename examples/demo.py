@@ -1,0 +1,115 @@
+"""The demo behind `./dev demo`: weightslabd on its embedded defaults, the example CNN attached to it,
+and a running commentary read back from the daemon over gRPC (TLS with a client certificate).
+
+Only two things differ from the defaults, both to keep the demo inside the checkout: the TLS files
+are created in demo-state/certs, and runs are saved under demo-state/runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from weightslab_shim.runtime import resolve_runtime_dir
+from weightslabd.config import load_settings
+from weightslabd.proto import experiment_service_pb2 as pb
+from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
+from weightslabd.tls import channel_credentials, generate_certs
+
+HERE = Path(__file__).resolve().parent
+STATE = HERE.parent / "demo-state"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="weightslabd with the example training attached")
+    p.add_argument("--steps", type=int, default=600, help="training steps of the example run")
+    p.add_argument("--keep-serving", action="store_true", help="keep the daemon up after training (Ctrl-C ends)")
+    args = p.parse_args()
+
+    certs = STATE / "certs"
+    if not (certs / "ca.crt").exists():
+        generate_certs(certs)
+        print(f"created a CA, a server and a client certificate in {certs}")
+    env = dict(os.environ, GRPC_TLS_CERT_DIR=str(certs), WEIGHTSLAB_ROOT_LOG_DIR=str(STATE / "runs"),
+               PYTHONUNBUFFERED="1")
+    settings = load_settings(None, env)
+    runtime_dir = resolve_runtime_dir(env)
+    state_file = runtime_dir / "daemon.json"
+    state_file.unlink(missing_ok=True)
+
+    daemon = subprocess.Popen([sys.executable, "-m", "weightslabd"], env=env)
+    try:
+        state = wait_ready(daemon, state_file)
+        address = f"localhost:{state['grpc_port']}"
+        print(f"\nweightslabd is serving gRPC (mTLS) on {address}; runs are saved in {STATE / 'runs'}\n")
+        trainer = subprocess.Popen([sys.executable, str(HERE / "train_cnn.py"), "--steps", str(args.steps)], env=env)
+        stub = pb_grpc.ExperimentServiceStub(grpc.secure_channel(address, channel_credentials(certs)))
+        watch(stub, trainer)
+        rc = trainer.wait()
+        summary(stub, settings.grpc_backend_port, certs, runtime_dir)
+        if args.keep_serving:
+            print("serving until Ctrl-C ...")
+            daemon.wait()
+        return rc
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(15)
+
+
+def wait_ready(daemon: subprocess.Popen[bytes], state_file: Path, timeout: float = 30) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise SystemExit(f"weightslabd exited with status {daemon.returncode} (see its message above)")
+        try:
+            state = json.loads(state_file.read_text())
+            if state.get("pid") == daemon.pid:
+                return dict(state)
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit("weightslabd did not become ready in time")
+
+
+def watch(stub: pb_grpc.ExperimentServiceStub, trainer: subprocess.Popen[bytes]) -> None:
+    """Print the daemon's view of the run every few seconds while the trainer runs."""
+    request = pb.GetLatestLoggerDataRequest(request_full_history=False)
+    latest: dict[str, tuple[int, float]] = {}
+    while trainer.poll() is None:
+        time.sleep(3)
+        try:
+            for point in stub.GetLatestLoggerData(request, timeout=5).points:
+                latest[point.metric_name] = (point.model_age, point.metric_value)
+        except grpc.RpcError as exc:
+            print(f"[daemon] {exc.code().name}: {exc.details()}")
+            continue
+        if latest:
+            view = ", ".join(f"{name} {value:.3f} @ step {step}" for name, (step, value) in sorted(latest.items()))
+            print(f"[daemon sees] {view}")
+
+
+def summary(stub: pb_grpc.ExperimentServiceStub, port: int, certs: Path, runtime_dir: Path) -> None:
+    hp = stub.ExperimentCommand(pb.TrainerCommand(get_hyper_parameters=True), timeout=5)
+    values = {d.name: (d.string_value or d.numerical_value) for d in hp.hyper_parameters_descs}
+    print("\nwhere to look:")
+    print(f"  hyperparameters as the daemon holds them: {values}")
+    print(f"  gRPC (Weights Studio's backend): localhost:{port}, client certificate in {certs}")
+    print(f"  runs on disk: {STATE / 'runs'}  (manifest.json, signals.log, edits.journal)")
+    print(f"  runtime directory (control socket): {runtime_dir}")
+    print("  effective settings: weightslabd config")
+    print("  your own script attaches the same way: `import weightslab_shim as wl` (see README)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""A small training loop driven by the shim, for integration tests. numpy only (fast to start); the
+optimizer is a stand-in with `param_groups`, like torch's. At exit it writes a status JSON: steps run,
+the learning rate its optimizer ended with, its hyperparameters, and the sample ids of every step."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+import weightslab_shim as wl
+
+
+class Optimizer:
+    def __init__(self, lr: float) -> None:
+        self.param_groups = [{"lr": lr}]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--status", required=True)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--step-sleep", type=float, default=0.0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    args = p.parse_args()
+
+    hp = wl.watch_or_edit({"learning_rate": 0.1, "training_steps_to_do": args.steps, "batch_size": args.batch},
+                          flag="hyperparameters")
+    rng = np.random.default_rng(0)
+    data = [(rng.random((1, 4, 4), dtype=np.float32), int(i % 10)) for i in range(args.size)]
+    loader = wl.watch_or_edit(data, flag="data", loader_name="train", batch_size=args.batch, shuffle=True,
+                              is_training=True)
+    optimizer = wl.watch_or_edit(Optimizer(hp["learning_rate"]), flag="optimizer")
+    criterion = wl.watch_or_edit(lambda out, y: (out - y) ** 2, flag="loss", signal_name="loss")
+    seen: list[list[int]] = []
+    steps_at_start: list[int] = []
+    done = 0
+    while done < args.steps:
+        with wl.guard_training_context:
+            steps_at_start.append(wl.session().step)
+            x, ids, y = next(loader)
+            out = x.mean(axis=(1, 2, 3)) * 10
+            criterion(out, y, batch_ids=ids, preds=np.round(out))
+            seen.append([int(i) for i in ids])
+            wl.save_signals({"lr": np.asarray(optimizer.param_groups[0]["lr"])})
+        done += 1
+        if args.step_sleep:
+            time.sleep(args.step_sleep)
+    status = {"steps": wl.session().step, "lr": optimizer.param_groups[0]["lr"], "hparams": hp, "seen": seen,
+              "step_of": steps_at_start, "dropped": wl.session().ring.dropped if wl.session().ring else None}
+    wl.close()
+    with open(args.status, "w") as f:
+        json.dump(status, f)
+
+
+if __name__ == "__main__":
+    main()
