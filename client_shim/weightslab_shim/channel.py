@@ -24,6 +24,7 @@ HEARTBEAT_EVERY = 0.25
 SILENT_AFTER = 1.0  # no reply for this long: the daemon is gone
 POLL_MS = 10
 WARN_AFTER = 2.0  # first warning about a missing daemon
+REJECTED_RETRY = 5.0
 
 
 class ControlChannel:
@@ -86,9 +87,10 @@ class ControlChannel:
                     self.attached.clear()
                     attached = False
                     next_hello = 0.0
-                if not attached and now >= next_hello and self.rejected is None:
+                if not attached and now >= next_hello:
                     self._send(sock, self._hello())
-                    next_hello = now + HELLO_EVERY
+                    # After a refusal, ask again now and then: the daemon may be upgraded or restarted.
+                    next_hello = now + (REJECTED_RETRY if self.rejected else HELLO_EVERY)
                 if not attached and not self._warned and now - started > WARN_AFTER:
                     self._warn_once()
                 if attached and now >= next_beat:
@@ -116,15 +118,18 @@ class ControlChannel:
             return
         kind = msg["type"]
         if kind == wire.WELCOME:
+            self.rejected = None
             self.attached.set()
-        elif kind == "who":  # a restarted daemon does not know us yet
+        elif kind == wire.WHO:  # a restarted daemon does not know us yet
             self.attached.clear()
         elif kind == wire.END_OK:
             self.ended.set()
         elif kind == wire.REJECT:
-            self.rejected = str(msg.get("reason", "rejected"))
-            sys.stderr.write(f"weightslab: weightslabd refused this trainer: {self.rejected}; "
-                             "training continues unobserved\n")
+            reason = str(msg.get("reason", "rejected"))
+            if reason != self.rejected:
+                sys.stderr.write(f"weightslab: weightslabd refused this trainer: {reason}; "
+                                 "training continues and it will ask again\n")
+            self.rejected = reason
         self._on_message(msg)
 
     def _send(self, sock: Any, msg: wire.Message) -> None:

@@ -26,6 +26,7 @@ PONG = "pong"
 COMMAND = "command"
 END_OK = "end_ok"
 REJECT = "reject"
+WHO = "who"  # "I do not know you": a restarted daemon asks for a hello
 
 Message = dict[str, Any]
 

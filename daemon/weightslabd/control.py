@@ -29,6 +29,7 @@ from .runs import RunRegistry
 
 log = structlog.get_logger("weightslabd.control")
 TICK = 0.1  # liveness checks
+SHIM_MESSAGES = frozenset({wire.HELLO, wire.HEARTBEAT, wire.ACK, wire.REGISTER, wire.END})
 
 
 @dataclass
@@ -167,18 +168,19 @@ class ControlServer:
             self._handle(sock, identity, att, msg)
         except (KeyError, TypeError, ValueError) as exc:
             self.rejected_frames += 1
-            log.error("control message rejected", sender=sender, type=msg.get("type"),
-                      error=f"{type(exc).__name__}: {exc}")
-            self._send(sock, identity, {"type": wire.REJECT, "reason": f"bad {msg.get('type')} message: {exc}"})
+            problem = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            log.error("control message rejected", sender=sender, type=msg.get("type"), error=problem)
+            self._send(sock, identity, {"type": wire.REJECT, "reason": f"bad {msg.get('type')} message: {problem}"})
 
     def _handle(self, sock: Any, identity: bytes, att: Attachment | None, msg: wire.Message) -> None:
         kind = msg["type"]
+        if kind not in SHIM_MESSAGES:
+            raise ValueError(f"unknown message type {kind!r}")
         if kind == wire.HELLO:
             self._hello(sock, identity, msg)
             return
         if att is None:
-            if kind == wire.HEARTBEAT:
-                self._send(sock, identity, {"type": "who"})  # a trainer from before our restart: hello again
+            self._send(sock, identity, {"type": wire.WHO})  # a trainer from before our restart: hello again
             return
         att.last_seen = time.monotonic()
         att.stalled = False
@@ -202,8 +204,6 @@ class ControlServer:
             self._detach(att, status="ended", unlink=True)
             self._send(sock, identity, {"type": wire.END_OK})
             log.info("trainer finished", sender=att.label, step=msg.get("step"))
-        else:
-            raise ValueError(f"unknown message type {kind!r}")
 
     def _hello(self, sock: Any, identity: bytes, msg: wire.Message) -> None:
         if msg.get("protocol") != wire.PROTOCOL_VERSION:

@@ -1,0 +1,79 @@
+"""Edits reach the trainer at step boundaries: discards leave the loop mid-epoch, restores bring
+samples back, and a torch quickstart script runs attached with only its import changed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weightslabd.proto import experiment_service_pb2 as pb
+
+from .harness import Daemon, Trainer, base_env, history, run_folder, wait_for
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_cnn.py"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return base_env(tmp_path)
+
+
+@pytest.fixture
+def daemon(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = Daemon(env, tmp_path / "daemon.log").start()
+    yield d
+    d.stop()
+
+
+def deny(stub: object, ids: list[int], *, restore: bool = False) -> pb.CommandResponse:
+    op = pb.DenySamplesOperation(sample_ids=ids, accumulate=True)
+    cmd = pb.TrainerCommand(remove_from_denylist_operation=op) if restore else pb.TrainerCommand(
+        deny_samples_operation=op)
+    return stub.ExperimentCommand(cmd, timeout=10)  # type: ignore[attr-defined]
+
+
+def test_discarded_samples_leave_the_loop_mid_epoch_and_restore_brings_them_back(
+        daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
+    # 256 samples in batches of 16: an epoch is 16 steps, so edits land mid-epoch.
+    trainer = Trainer(env, tmp_path, "--steps", "400", "--step-sleep", "0.004")
+    stub = daemon.stub()
+    wait_for(lambda: len(history(stub)) > 40, 10, "the first steps")
+    denied = list(range(0, 256, 4))
+    reply = deny(stub, denied)
+    assert reply.success and reply.message.startswith("applied at step"), reply
+    denied_at = int(reply.message.rsplit(" ", 1)[1])
+    wait_for(lambda: len(history(stub)) > 2 * (denied_at + 60), 10, "steps after the discard")
+    reply = deny(stub, denied, restore=True)
+    assert reply.success, reply
+    restored_at = int(reply.message.rsplit(" ", 1)[1])
+    status = trainer.wait(60)
+    by_step = dict(zip(status["step_of"], status["seen"], strict=True))
+    gone = set(denied)
+    assert any(gone & set(by_step[s]) for s in range(denied_at))
+    assert not any(gone & set(by_step[s]) for s in range(denied_at, restored_at))
+    assert any(gone & set(by_step[s]) for s in range(restored_at, 400))
+    assert restored_at - denied_at >= 60
+    journal = (run_folder(tmp_path) / "edits.journal").read_bytes()
+    assert journal.count(b'"kind":"deny"') == 2
+
+
+def test_discard_while_no_trainer_is_attached_applies_when_it_attaches(daemon: Daemon, env: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    Trainer(env, tmp_path, "--steps", "3", name="first").wait()  # the run and its split exist now
+    reply = deny(daemon.stub(), [1, 2, 3])
+    assert reply.success and "no trainer is attached" in reply.message
+
+
+def test_torch_quickstart_script_runs_attached(daemon: Daemon, env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "40", "--samples", "512", "--eval-every", "20"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    stub = daemon.stub()
+    names = {p.metric_name for p in history(stub)}
+    assert {"train-loss-CE", "eval-loss-CE", "eval-accuracy"} <= names
+    assert [p.model_age for p in history(stub) if p.metric_name == "train-loss-CE"] == list(range(40))
+    assert list(stub.GetDataSplits(pb.Empty(), timeout=5).split_names) == ["train", "eval"]
+    assert "Traceback" not in result.stderr and "no weightslabd" not in result.stderr

@@ -1,0 +1,74 @@
+"""The daemon's defaults are secure: mTLS on the gRPC port, tokens when set, private IPC, one-line
+boot errors for missing TLS files."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from weightslab_shim.runtime import control_endpoint
+from weightslabd.proto import experiment_service_pb2 as pb
+from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
+from weightslabd.tls import channel_credentials, generate_certs
+
+from .harness import Daemon, Trainer, base_env
+
+
+@pytest.fixture
+def tls_env(tmp_path: Path) -> dict[str, str]:
+    env = base_env(tmp_path)
+    generate_certs(tmp_path / "certs")
+    del env["GRPC_TLS_ENABLED"]  # the default: TLS with client certificates
+    env.update(GRPC_TLS_CERT_DIR=str(tmp_path / "certs"), GRPC_AUTH_TOKENS="first-token,second-token")
+    return env
+
+
+def call(address: str, credentials: grpc.ChannelCredentials, metadata: tuple = ()) -> pb.DataSplitsResponse:  # type: ignore[type-arg]
+    stub = pb_grpc.ExperimentServiceStub(grpc.secure_channel(address, credentials))
+    return stub.GetDataSplits(pb.Empty(), timeout=5, metadata=metadata)
+
+
+def test_default_daemon_requires_a_client_certificate_and_a_token(tls_env: dict[str, str], tmp_path: Path) -> None:
+    daemon = Daemon(tls_env, tmp_path / "daemon.log").start()
+    try:
+        Trainer(tls_env, tmp_path, "--steps", "5").wait()
+        address = f"localhost:{tls_env['GRPC_BACKEND_PORT']}"
+        good = channel_credentials(tmp_path / "certs")
+        for token in ("first-token", "second-token"):  # rotation: every listed token works
+            assert call(address, good, (("authorization", f"Bearer {token}"),)).split_names == ["train"]
+        with pytest.raises(grpc.RpcError) as no_token:
+            call(address, good)
+        assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as no_cert:
+            call(address, channel_credentials(tmp_path / "certs", client_cert=False), (("x-api-key", "first-token"),))
+        assert no_cert.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as plaintext:
+            pb_grpc.ExperimentServiceStub(grpc.insecure_channel(address)).GetDataSplits(pb.Empty(), timeout=5)
+        assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The IPC side is private: the runtime directory is ours alone, the socket too.
+        runtime = Path(tls_env["WEIGHTSLAB_RUNTIME_DIR"])
+        assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+        sock = Path(control_endpoint(runtime)[len("ipc://"):])
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert "first-token" not in daemon.log() and "second-token" not in daemon.log()
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize(("remove", "variable"), [("backend-server.crt", "GRPC_TLS_CERT_FILE"),
+                                                  ("backend-server.key", "GRPC_TLS_KEY_FILE"),
+                                                  ("ca.crt", "GRPC_TLS_CA_FILE")])
+def test_missing_tls_file_stops_the_boot_with_one_line(tls_env: dict[str, str], tmp_path: Path, remove: str,
+                                                       variable: str) -> None:
+    (tmp_path / "certs" / remove).unlink()
+    result = subprocess.run([sys.executable, "-m", "weightslabd"], env=tls_env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0] and "file not found" in lines[0], result.stderr
+    assert not (Path(tls_env["WEIGHTSLAB_RUNTIME_DIR"]) / "daemon.json").exists()
