@@ -78,8 +78,8 @@ class WatchedLoader:
         if torch is not None:
             from torch.utils.data import DataLoader
 
-            self._loader = DataLoader(_Indexed(dataset), batch_sampler=self.sampler, num_workers=num_workers,
-                                      collate_fn=collate_fn, **loader_kwargs)
+            self._loader = DataLoader(_Indexed(dataset), batch_sampler=self.sampler,  # type: ignore[arg-type]
+                                      num_workers=num_workers, collate_fn=collate_fn, **loader_kwargs)
         else:
             self._loader = None
         session.loaders[self.split] = self

@@ -168,14 +168,16 @@ class RingWriter:
         Call `commit()` after filling it; nothing is visible to the reader before that."""
         size = _align8(RECORD_HEADER_SIZE + length)
         if size > self.max_record:
-            return self._drop(size)
+            self._drop(size)
+            return None
         cap = self.capacity
         off = self._write % cap
         tail = cap - off
         pad = tail if tail < size else 0
         free = cap - (self._write - int(self._seg.slots[_R]))
         if pad + size > free:
-            return self._drop(size)
+            self._drop(size)
+            return None
         if pad:
             if pad >= RECORD_HEADER_SIZE:
                 RECORD_HEADER.pack_into(self._seg.data, off, RECORD_MAGIC, RecordType.PAD,
@@ -208,7 +210,6 @@ class RingWriter:
         slots = self._seg.slots
         slots[_DROPPED] += 1
         slots[_DROPPED_BYTES] += size
-        return None
 
     def mark_closed(self) -> None:
         self._seg.slots[_CLOSED] = 1

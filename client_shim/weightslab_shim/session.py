@@ -45,7 +45,7 @@ class Session:
         self.run_name = env.get("WEIGHTSLAB_RUN_NAME") or script.stem or "run"
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.run_name)[:40]
         self.run_id = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        self.ring_bytes = int(float(env.get("WEIGHTSLAB_RING_MB", RING_MB_DEFAULT)) * 1024 * 1024)
+        self.ring_bytes = int(_positive(env, "WEIGHTSLAB_RING_MB", RING_MB_DEFAULT) * 1024 * 1024)
         self.rank = int(env.get("RANK", 0))
         self.world_size = int(env.get("WORLD_SIZE", 1))
         self.step = 0
@@ -317,6 +317,21 @@ class Session:
             return
         records.encode_into(view, prepared)
         ring.commit()
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    """A trainer is never stopped by a bad setting: warn and use the default."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+        if value > 0:
+            return value
+    except ValueError:
+        pass
+    sys.stderr.write(f"weightslab: {name}={raw!r} is invalid (expected a number > 0); using {default}\n")
+    return default
 
 
 def _take(values: Any, idx: np.ndarray) -> Any:

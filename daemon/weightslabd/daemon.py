@@ -116,8 +116,8 @@ class Daemon:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 512)
             while self._signals:
-                sig = self._signals.popleft()
-                getattr(self, f"handle_{signal.Signals(sig).name.lower()}")()
+                signum = self._signals.popleft()
+                getattr(self, f"handle_{signal.Signals(signum).name.lower()}")()
         self.shutdown()
         return 0
 

@@ -183,7 +183,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         return [run] if run else []
 
     def StreamStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        seen = (None, -1)
+        seen: tuple[str | None, int] = (None, -1)
         while context.is_active() and not self.stopping.is_set():
             run = self.registry.current()
             if run is None:

@@ -255,3 +255,13 @@ def test_run_folder_holds_manifest_journal_and_signal_store(daemon: Daemon, env:
     assert {p.name for p in folder.iterdir()} >= {"manifest.json", "signals.log", "edits.journal", "previews.log"}
     data = json.loads((folder / "manifest.json").read_text())
     assert data["splits"] == {"train": 256} and data["run_name"] == "trainer" and data["step"] == 10
+
+
+def test_a_small_ring_without_a_daemon_drops_the_newest_and_counts(env: dict[str, str], tmp_path: Path) -> None:
+    env["WEIGHTSLAB_RING_MB"] = "0.0625"  # 64 KiB: a few hundred step records
+    status = Trainer(env, tmp_path, "--steps", "1500").wait()
+    assert status["steps"] == 1500 and status["dropped"] > 0
+    env["WEIGHTSLAB_RING_MB"] = "lots"
+    trainer = Trainer(env, tmp_path, "--steps", "5", name="bad-setting")
+    assert trainer.wait()["steps"] == 5
+    assert "WEIGHTSLAB_RING_MB='lots' is invalid" in trainer.stderr()
