@@ -9,6 +9,7 @@ Text travels as a uint8 array (`text()`), so one codec serves every record type.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -119,7 +120,7 @@ def decode(payload: memoryview | bytes) -> dict[str, np.ndarray]:
         pos += nlen
         pos += _pad8(pos)
         dtype = _DTYPES[code]
-        count = int(np.prod(shape)) if ndim else 1
+        count = math.prod(shape) if ndim else 1  # Python ints: a hostile shape cannot overflow
         if count * dtype.itemsize != nbytes or pos + nbytes > end:
             raise MalformedPayload(f"field {name!r}: shape {shape} does not match {nbytes} bytes")
         arr = np.frombuffer(view, dtype=dtype, count=count, offset=pos)

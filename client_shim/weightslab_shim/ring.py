@@ -53,6 +53,8 @@ HEADER_SIZE = 4096
 RECORD_MAGIC = 0x5752
 RECORD_HEADER = struct.Struct("<HHIqII")
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 24
+_CHECKED_HEAD = 16  # magic, type, length, step: covered by the checksum that follows them
+_CHECK = struct.Struct("<II")
 SHM_DIR = Path("/dev/shm")
 WORDSUM_MIN = 64 * 1024  # above this a numpy word sum is ~10x cheaper than crc32
 FLAG_WORDSUM = 1
@@ -76,14 +78,18 @@ def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def checksum(payload: memoryview) -> tuple[int, int]:
-    """(checksum, flags) of a payload: crc32 when small, a folded 64-bit word sum when large."""
+def checksum(payload: memoryview, head: bytes | memoryview = b"") -> tuple[int, int]:
+    """(checksum, flags) of a record: crc32 when small, a folded 64-bit word sum when large.
+
+    `head` is the record header before its checksum (magic, type, length, step): a torn or changed
+    header fails the check too."""
+    seed = zlib.crc32(head)
     n = len(payload)
     if n < WORDSUM_MIN:
-        return zlib.crc32(payload), 0
+        return zlib.crc32(payload, seed), 0
     words = n // 8
     total = int(np.frombuffer(payload[: words * 8], dtype=np.uint64).sum(dtype=np.uint64))
-    total = (total + zlib.crc32(payload[words * 8 :]) + n) & 0xFFFFFFFFFFFFFFFF
+    total = (total + zlib.crc32(payload[words * 8 :], seed) + n) & 0xFFFFFFFFFFFFFFFF
     return (total ^ (total >> 32)) & 0xFFFFFFFF, FLAG_WORDSUM
 
 
@@ -189,9 +195,11 @@ class RingWriter:
 
     def commit(self) -> None:
         off, rtype, step, length, size = self._pending
-        payload = self._seg.data[off + RECORD_HEADER_SIZE: off + RECORD_HEADER_SIZE + length]
-        crc, flags = checksum(payload)
-        RECORD_HEADER.pack_into(self._seg.data, off, RECORD_MAGIC, rtype, length, step, crc, flags)
+        data = self._seg.data
+        RECORD_HEADER.pack_into(data, off, RECORD_MAGIC, rtype, length, step, 0, 0)
+        crc, flags = checksum(data[off + RECORD_HEADER_SIZE: off + RECORD_HEADER_SIZE + length],
+                              data[off: off + _CHECKED_HEAD])
+        _CHECK.pack_into(data, off + _CHECKED_HEAD, crc, flags)
         self._write += size
         slots = self._seg.slots
         slots[_WRITTEN] += 1
@@ -253,7 +261,7 @@ class RingReader:
         if magic != MAGIC:
             seg.close()
             raise RingError(f"segment {name!r} is not a weightslab ring (magic {magic!r})")
-        if version != LAYOUT_VERSION or hsize != HEADER_SIZE or HEADER_SIZE + cap != size or cap % 8:
+        if version != LAYOUT_VERSION or hsize != HEADER_SIZE or HEADER_SIZE + cap != size or cap % 8 or cap < 4096:
             seg.close()
             raise RingError(f"ring {name!r} has layout version {version} (this daemon reads {LAYOUT_VERSION})"
                             f" or inconsistent sizes")
@@ -304,31 +312,43 @@ class RingReader:
                 r += tail
                 self._store_read(r)
                 continue
-            magic, rtype, length, step, crc, flags = RECORD_HEADER.unpack_from(data, off)
+            rtype, length, step = self._valid_record(off, tail, w - r, r)
             size = _align8(RECORD_HEADER_SIZE + length)
-            if magic != RECORD_MAGIC or size > tail or r + size > w:
-                raise CorruptRecord(r, f"bad record header (magic {magic:#x}, length {length})")
             if rtype == RecordType.PAD:
                 r += size
                 self._store_read(r)
                 continue
             payload = data[off + RECORD_HEADER_SIZE: off + RECORD_HEADER_SIZE + length]
-            if checksum(payload) != (crc, flags & FLAG_WORDSUM) and not self._settles(off, length, crc, flags):
-                raise CorruptRecord(r, "checksum mismatch")
             self._next = r + size
             yield Record(rtype, step, r, payload)
             r = self._next
             count += 1
 
-    def _settles(self, off: int, length: int, crc: int, flags: int) -> bool:
-        """A record whose bytes were not all visible yet becomes right within microseconds."""
-        deadline = time.monotonic() + 0.005
-        payload = self._seg.data[off + RECORD_HEADER_SIZE: off + RECORD_HEADER_SIZE + length]
-        while time.monotonic() < deadline:
-            if checksum(payload) == (crc, flags & FLAG_WORDSUM):
-                return True
+    def _valid_record(self, off: int, tail: int, available: int, position: int) -> tuple[int, int, int]:
+        """(type, length, step) of the record at `off`, once its header and checksum agree.
+
+        Bytes not all visible yet (a weakly-ordered CPU) come right within microseconds: retry for a
+        few milliseconds, re-reading the header each time, before calling the record corrupt."""
+        data = self._seg.data
+        deadline = 0.0
+        while True:
+            magic, rtype, length, step, crc, flags = RECORD_HEADER.unpack_from(data, off)
+            size = _align8(RECORD_HEADER_SIZE + length)
+            if magic != RECORD_MAGIC or size > tail or size > available:
+                reason = f"bad record header (magic {magic:#x}, length {length})"
+            elif rtype == RecordType.PAD and length == tail - RECORD_HEADER_SIZE:
+                return rtype, length, step
+            else:
+                payload = data[off + RECORD_HEADER_SIZE: off + RECORD_HEADER_SIZE + length]
+                if checksum(payload, data[off: off + _CHECKED_HEAD]) == (crc, flags & FLAG_WORDSUM):
+                    return rtype, length, step
+                reason = "checksum mismatch"
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + 0.005
+            elif now > deadline:
+                raise CorruptRecord(position, reason)
             time.sleep(0.0005)
-        return False
 
     def advance(self) -> None:
         """Consume the record last yielded: its bytes may be overwritten after this."""
@@ -343,7 +363,7 @@ class RingReader:
         off = position % cap
         w = self.write_position
         target = w
-        if cap - off >= RECORD_HEADER_SIZE:
+        if 0 <= w - position <= cap and cap - off >= RECORD_HEADER_SIZE:
             magic, _, length, *_ = RECORD_HEADER.unpack_from(self._seg.data, off)
             size = _align8(RECORD_HEADER_SIZE + length)
             if magic == RECORD_MAGIC and size <= cap - off and position + size <= w:

@@ -48,17 +48,17 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError(f"protocol version {frame[3]} is not supported (this side speaks {PROTOCOL_VERSION})")
     try:
         msg = json.loads(frame[4:])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON body: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge integers, deep nesting
+        raise ProtocolError(f"malformed JSON body: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("message body is not an object with a string 'type'")
     return msg
 
 
 def _default(obj: Any) -> Any:
-    # numpy scalars and the like
+    # numpy and torch values: arrays as lists, scalars as numbers
+    if getattr(obj, "ndim", 0) > 0 and hasattr(obj, "tolist"):
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

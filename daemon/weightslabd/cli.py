@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, render_effective
-from .logs import configure_logging
-from .server import BindError
-from .tls import TlsError, generate_certs
 
 EXIT_USAGE = 2
 
@@ -33,6 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.env)
+    except ConfigError as exc:
+        print(f"weightslabd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if settings.grpc_verbosity:
+        os.environ["GRPC_VERBOSITY"] = settings.grpc_verbosity  # read once, when grpc loads: so before that
+    from .server import BindError
+    from .tls import TlsError
+
+    try:
         if args.command == "config":
             print(render_effective(settings))
             return 0
@@ -45,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _certs(settings: Settings, args: argparse.Namespace) -> int:
+    from .tls import generate_certs
+
     cert_dir = (args.dir or settings.grpc_tls_cert_dir).expanduser()
     paths = generate_certs(cert_dir, args.host, overwrite=args.force)
     for role, path in paths.items():
@@ -54,6 +63,9 @@ def _certs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings) -> int:
     from .daemon import BootError, Daemon  # grpc and friends load only when serving
+    from .logs import configure_logging
+    from .server import BindError
+    from .tls import TlsError
 
     configure_logging(settings.weightslab_log_level, log_to_file=settings.weightslab_log_to_file,
                       log_dir=settings.log_dir(), secrets=settings.secret_values())

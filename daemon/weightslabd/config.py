@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import Field, GetCoreSchemaHandler, PrivateAttr, SecretStr, ValidationError
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
@@ -18,7 +18,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from weightslab_shim.runtime import resolve_runtime_dir
 
-from .tls import TlsConfig, TlsEnv, resolve_tls
+if TYPE_CHECKING:  # tls imports grpc, which must not load before GRPC_VERBOSITY is applied
+    from .tls import TlsConfig, TlsEnv
+
 
 ENVIRONMENT = "environment"
 DEFAULT = "default"
@@ -477,6 +479,8 @@ class Settings(BaseSettings):
 
     def tls_env(self) -> TlsEnv:
         """The GRPC_TLS_* side of the TLS settings, for `tls.resolve_tls`."""
+        from .tls import TlsEnv
+
         return TlsEnv(
             enabled=self.grpc_tls_enabled,
             require_client_auth=self.grpc_tls_require_client_auth,
@@ -488,6 +492,8 @@ class Settings(BaseSettings):
 
     def tls(self, run_config: Mapping[str, object] | None = None) -> TlsConfig:
         """TLS with the documented precedence: the run config's grpc_tls_* keys, then GRPC_TLS_*."""
+        from .tls import resolve_tls
+
         return resolve_tls(self.tls_env(), run_config)
 
 

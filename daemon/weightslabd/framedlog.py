@@ -1,7 +1,10 @@
 """An append-only file of checksummed frames: the one on-disk mechanism under the edit journal and
 the signal store.
 
-    frame: length u32 | crc32 u32 | payload
+    frame: length u32 | crc32 of (length, payload) u32 | payload
+
+The crc covers the length too, so a zero-filled tail (what some file systems leave after a crash)
+is not read as empty frames.
 
 A frame cut short by a crash (or a corrupt one) ends the readable part: everything before it is
 served, the tail is cut off on open so new frames follow good ones.
@@ -17,7 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 FRAME = struct.Struct("<II")
+_LENGTH = struct.Struct("<I")
 MAX_FRAME = 1 << 30
+
+
+def _crc(length: bytes, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(length))
 
 
 class FramedLog:
@@ -56,7 +64,7 @@ class FramedLog:
                 if length > MAX_FRAME:
                     return
                 payload = f.read(length)
-                if len(payload) < length or zlib.crc32(payload) != crc:
+                if len(payload) < length or _crc(head[:4], payload) != crc:
                     return
                 yield offset, payload
                 offset += FRAME.size + length
@@ -65,11 +73,13 @@ class FramedLog:
         """(offset, payload) of every good frame, in order."""
         return self._frames()
 
-    def append(self, payload: bytes | memoryview, *, sync: bool = False) -> int:
+    def append(self, payload: bytes | bytearray | memoryview, *, sync: bool = False) -> int:
         """Write one frame; with sync it is on disk (fsync) before this returns. Returns its offset.
 
         On failure (a full disk) the file is cut back to where it was, so no partial frame stays."""
-        head = FRAME.pack(len(payload), zlib.crc32(payload))
+        payload = memoryview(payload).cast("B")  # lengths in bytes, whatever the item size
+        length = _LENGTH.pack(len(payload))
+        head = length + _LENGTH.pack(_crc(length, payload))
         with self._lock:
             offset = self.size
             try:
@@ -91,7 +101,7 @@ class FramedLog:
         head = os.pread(self._fd, FRAME.size, offset)
         length, crc = FRAME.unpack(head)
         payload = os.pread(self._fd, length, offset + FRAME.size)
-        if zlib.crc32(payload) != crc:
+        if _crc(head[:4], payload) != crc:
             raise ValueError(f"{self.path}: frame at {offset} fails its checksum")
         return payload
 

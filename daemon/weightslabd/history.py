@@ -22,6 +22,7 @@ class Curve:
     vmin: array = field(default_factory=lambda: array("d"))
     vmax: array = field(default_factory=lambda: array("d"))
     stamps: array = field(default_factory=lambda: array("q"))  # unix ms
+    last_append: int = -1  # the history's version at this curve's last append: orders curves exactly
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -64,6 +65,7 @@ class SignalHistory:
             curve.vmax.append(vmax)
             curve.stamps.append(stamp_ms)
             self.version += 1
+            curve.last_append = self.version
 
     def names(self) -> list[str]:
         with self._lock:
@@ -89,11 +91,7 @@ class SignalHistory:
     def latest(self) -> tuple[str, int, float] | None:
         """The most recently appended point of any curve: (name, step, value)."""
         with self._lock:
-            best: tuple[int, str] | None = None
-            for name, curve in self.curves.items():
-                if len(curve) and (best is None or curve.stamps[-1] >= best[0]):
-                    best = (curve.stamps[-1], name)
-            if best is None:
+            if not self.curves:
                 return None
-            curve = self.curves[best[1]]
+            curve = max(self.curves.values(), key=lambda c: c.last_append)
             return curve.name, curve.steps[-1], curve.values[-1]

@@ -54,12 +54,14 @@ class SplitTable:
                 column[good] = values[ok]
 
     def set_denied(self, ids: np.ndarray, deny: bool) -> int:
-        ids = self.valid(ids)
+        ids = np.unique(self.valid(ids))
         changed = int((self.denied[ids] != deny).sum())
         self.denied[ids] = deny
         return changed
 
     def edit_tags(self, ids: np.ndarray, tags: list[str], mode: str) -> None:
+        if mode not in ("override", "add", "remove"):
+            raise ValueError(f"unknown tag edit mode {mode!r}: expected override, add or remove")
         for i in self.valid(ids).tolist():
             current = self.tags.get(i, set())
             if mode == "override":
