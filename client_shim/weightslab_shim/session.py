@@ -55,7 +55,7 @@ class Session:
         self.optimizers: list[Any] = []
         self.models: list[Any] = []
         self.paused = False
-        self.hp_sync = True
+        self.hp_sync = False  # the daemon says in its welcome; hello carries them until then
         self.current_split = "train"
         self.inbox: deque[wire.Message] = deque()
         self._cond = threading.Condition()
@@ -63,6 +63,7 @@ class Session:
         self._previews: Fields = []
         self._inflight: deque[tuple[int, int, Fields]] = deque()
         self._hp_dirty = True
+        self._hp_sent: dict[str, Any] = {}
         self._have_previews: dict[str, np.ndarray] = {}
         self._pid = os.getpid()
         self._closed = False
@@ -175,7 +176,8 @@ class Session:
             self.step += 1
         if os.getpid() != self._pid:
             return
-        if self._hp_dirty and self.hp_sync and self.hparams:
+        if self.hp_sync and self.hparams and (self._hp_dirty or _differs(self.hparams, self._hp_sent)):
+            self._hp_sent = dict(self.hparams)  # user code may change the dict too: compare each step
             self._fields.append(("hp", Staged(records.json_field(_jsonable(self.hparams)))))
             self._hp_dirty = False
         if self._fields:
@@ -317,6 +319,13 @@ class Session:
             return
         records.encode_into(view, prepared)
         ring.commit()
+
+
+def _differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    try:
+        return bool(a != b)
+    except (ValueError, RuntimeError):  # values without a plain truth value (arrays): assume changed
+        return True
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:

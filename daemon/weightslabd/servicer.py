@@ -20,6 +20,7 @@ from .run import Run
 from .runs import RunRegistry
 
 APPLY_WAIT = 2.0  # how long a hyperparameter edit waits for the trainer's ack before replying
+FETCH_WAIT = 1.0  # how long a read waits for the trainer's hyperparameters when they are not synced
 CURSOR_IDLE = 600.0
 # HyperParameters field -> the trainer's hyperparameter key
 HP_FIELDS = {
@@ -90,8 +91,17 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
                                   accumulate=op.accumulate)
         response = pb.CommandResponse(success=True, message="")
         if request.get_hyper_parameters:
+            if not self.control.hp_sync:
+                self._fetch_hparams(run)
             response.hyper_parameters_descs.extend(hparam_descs(run))
         return response
+
+    def _fetch_hparams(self, run: Run) -> None:
+        """Without per-step sync (WL_ENABLE_HP_SYNC=0), ask the trainer when the UI asks."""
+        pending = self.control.send_command(run, "get_hparams", {})
+        if pending is not None and pending.done.wait(FETCH_WAIT) and pending.ack and pending.ack.get("ok"):
+            with run.lock:
+                run.hparams.update(pending.ack.get("hparams") or {})
 
     def _change_hparams(self, run: Run, hp: Any) -> Any:
         values: dict[str, Any] = {}

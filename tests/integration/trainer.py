@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--mutate-hp-at", type=int, default=-1, help="the loop itself sets hp['custom_knob'] then")
     args = p.parse_args()
 
     hp = wl.watch_or_edit({"learning_rate": 0.1, "training_steps_to_do": args.steps, "batch_size": args.batch},
@@ -41,6 +42,8 @@ def main() -> None:
     while done < args.steps:
         with wl.guard_training_context:
             steps_at_start.append(wl.session().step)
+            if wl.session().step == args.mutate_hp_at:
+                hp["custom_knob"] = args.mutate_hp_at
             x, ids, y = next(loader)
             out = x.mean(axis=(1, 2, 3)) * 10
             criterion(out, y, batch_ids=ids, preds=np.round(out))
