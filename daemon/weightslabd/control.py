@@ -78,6 +78,9 @@ class ControlServer:
         if not self._ready.wait(10):
             raise RuntimeError(f"control socket {self.endpoint} did not come up")
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

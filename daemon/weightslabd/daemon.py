@@ -27,6 +27,7 @@ from .logs import reopen_log_files
 from .runs import RunRegistry
 from .server import GrpcServer, build_server
 from .servicer import ExperimentServicer
+from .supervision import Supervisor
 from .tls import server_credentials
 
 log = structlog.get_logger("weightslabd")
@@ -47,12 +48,14 @@ class Daemon:
         self._signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
         self._running = False
         self._lock_fd: int | None = None
         self.grpc: GrpcServer | None = None
         self.control: ControlServer | None = None
         self.registry: RunRegistry | None = None
         self.servicer: ExperimentServicer | None = None
+        self.supervisor = Supervisor()
 
     # -- boot ------------------------------------------------------------------------------------
 
@@ -75,6 +78,7 @@ class Daemon:
         self.grpc.server.start()
         self.grpc.set_serving(True)
         self._write_state()
+        self.supervisor.ready(f"serving gRPC on {self.grpc.address}")
         log.info("weightslabd ready", grpc=self.grpc.address, tls=credentials is not None,
                  control=self.control.endpoint, runs=len(self.registry.runs), pid=os.getpid())
 
@@ -111,8 +115,9 @@ class Daemon:
             signal.signal(sig, self._note_signal)
         self._running = True
         while self._running:
+            self.supervisor.ping_if_due(healthy=self.control is not None and self.control.alive())
             with contextlib.suppress(InterruptedError):
-                select.select([self._wake_r], [], [], 1.0)
+                select.select([self._wake_r], [], [], self.supervisor.wait_timeout(1.0))
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 512)
             while self._signals:
@@ -139,6 +144,7 @@ class Daemon:
         log.info("SIGHUP: log files reopened")
 
     def shutdown(self) -> None:
+        self.supervisor.stopping()
         if self.servicer is not None:
             self.servicer.stopping.set()
         if self.grpc is not None:
