@@ -13,19 +13,7 @@ from weightslab_shim import records, wire
 from weightslab_shim.ring import RecordType, RingWriter
 from weightslab_shim.runtime import control_endpoint, ring_prefix
 
-from .harness import Daemon, Trainer, base_env, history, wait_for
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return base_env(tmp_path)
-
-
-@pytest.fixture
-def daemon(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
-    d = Daemon(env, tmp_path / "daemon.log").start()
-    yield d
-    d.stop()
+from .harness import Daemon, Trainer, history, wait_for
 
 
 @pytest.fixture

@@ -7,25 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from weightslabd.proto import experiment_service_pb2 as pb
 
-from .harness import Daemon, Trainer, base_env, history, run_folder, wait_for
+from .harness import Daemon, Trainer, history, run_folder, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_cnn.py"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return base_env(tmp_path)
-
-
-@pytest.fixture
-def daemon(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
-    d = Daemon(env, tmp_path / "daemon.log").start()
-    yield d
-    d.stop()
 
 
 def deny(stub: object, ids: list[int], *, restore: bool = False) -> pb.CommandResponse:

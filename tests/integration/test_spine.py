@@ -26,18 +26,6 @@ from .harness import (
 )
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return base_env(tmp_path)
-
-
-@pytest.fixture
-def daemon(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
-    d = Daemon(env, tmp_path / "daemon.log").start()
-    yield d
-    d.stop()
-
-
 def steps_of(points: list, name: str = "loss") -> list[int]:  # type: ignore[type-arg]
     return [p.model_age for p in points if p.metric_name == name]
 
