@@ -9,7 +9,7 @@ from pathlib import Path
 
 from weightslabd.proto import experiment_service_pb2 as pb
 
-from .harness import Daemon, Trainer, history, run_folder, wait_for
+from .harness import Daemon, Trainer, history, run_folder, set_hparams, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_cnn.py"
 
@@ -63,3 +63,18 @@ def test_torch_quickstart_script_runs_attached(daemon: Daemon, env: dict[str, st
     assert [p.model_age for p in history(stub) if p.metric_name == "train-loss-CE"] == list(range(40))
     assert list(stub.GetDataSplits(pb.Empty(), timeout=5).split_names) == ["train", "eval"]
     assert "Traceback" not in result.stderr and "no weightslabd" not in result.stderr
+
+
+def test_batch_size_edit_changes_the_batches_from_the_step_it_applies(daemon: Daemon, env: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    trainer = Trainer(env, tmp_path, "--steps", "300", "--step-sleep", "0.003")
+    stub = daemon.stub()
+    wait_for(lambda: len(history(stub)) > 20, 10, "the first steps")
+    reply = set_hparams(stub, batch_size=5)
+    assert reply.success and reply.message.startswith("applied at step"), reply
+    applied = int(reply.message.rsplit(" ", 1)[1])
+    status = trainer.wait(60)
+    sizes = {step: len(ids) for step, ids in zip(status["step_of"], status["seen"], strict=True)}
+    assert all(sizes[s] == 16 for s in range(applied - 5, applied - 1))
+    assert all(sizes[s] <= 5 for s in range(applied, 300))  # batches are built as they are drawn
+    assert status["hparams"]["batch_size"] == 5
