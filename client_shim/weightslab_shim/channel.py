@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -25,6 +26,15 @@ SILENT_AFTER = 1.0  # no reply for this long: the daemon is gone
 POLL_MS = 10
 WARN_AFTER = 2.0  # first warning about a missing daemon
 REJECTED_RETRY = 5.0
+OUTBOX_LIMIT = 10_000
+
+
+@dataclass
+class _LoopState:
+    started: float
+    next_hello: float = 0.0
+    next_beat: float = 0.0
+    last_reply: float = 0.0
 
 
 class ControlChannel:
@@ -39,7 +49,8 @@ class ControlChannel:
         self._hello = hello
         self._heartbeat = heartbeat
         self._on_message = on_message
-        self.outbox: deque[wire.Message] = deque()
+        # Bounded: acks pile up only while detached, and a re-attached daemon re-sends what it needs.
+        self.outbox: deque[wire.Message] = deque(maxlen=OUTBOX_LIMIT)
         self.attached = threading.Event()
         self.ended = threading.Event()
         self._stop = threading.Event()
@@ -47,6 +58,7 @@ class ControlChannel:
         self.rejected: str | None = None
         self._thread = threading.Thread(target=self._run, name="weightslab-control", daemon=True)
         self._pid = os.getpid()
+        self._failed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -75,40 +87,47 @@ class ControlChannel:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.connect(self.endpoint)
-        started = time.monotonic()
-        next_hello = 0.0
-        next_beat = 0.0
-        last_reply = 0.0
+        state = _LoopState(started=time.monotonic())
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                attached = self.attached.is_set()
-                if attached and now - last_reply > SILENT_AFTER:
-                    self.attached.clear()
-                    attached = False
-                    next_hello = 0.0
-                if not attached and now >= next_hello:
-                    self._send(sock, self._hello())
-                    # After a refusal, ask again now and then: the daemon may be upgraded or restarted.
-                    next_hello = now + (REJECTED_RETRY if self.rejected else HELLO_EVERY)
-                if not attached and not self._warned and now - started > WARN_AFTER:
-                    self._warn_once()
-                if attached and now >= next_beat:
-                    self._send(sock, self._heartbeat())
-                    next_beat = now + HEARTBEAT_EVERY
-                while attached and self.outbox:
-                    self._send(sock, self.outbox.popleft())
-                if sock.poll(POLL_MS, zmq.POLLIN):
-                    while True:
-                        try:
-                            frame = sock.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        last_reply = time.monotonic()
-                        self._dispatch(frame)
+                try:
+                    self._iterate(sock, state)
+                except Exception as exc:  # noqa: BLE001 - this thread must outlive any one bad moment
+                    if not self._failed:
+                        self._failed = True
+                        sys.stderr.write(f"weightslab: control thread error (continuing): {type(exc).__name__}: "
+                                         f"{exc}\n")
+                    self._stop.wait(0.05)
         finally:
             sock.close(0)
             ctx.term()
+
+    def _iterate(self, sock: Any, st: _LoopState) -> None:
+        now = time.monotonic()
+        attached = self.attached.is_set()
+        if attached and now - st.last_reply > SILENT_AFTER:
+            self.attached.clear()
+            attached = False
+            st.next_hello = 0.0
+        if not attached and now >= st.next_hello:
+            self._send(sock, self._hello())
+            # After a refusal, ask again now and then: the daemon may be upgraded or restarted.
+            st.next_hello = now + (REJECTED_RETRY if self.rejected else HELLO_EVERY)
+        if not attached and not self._warned and now - st.started > WARN_AFTER:
+            self._warn_once()
+        if attached and now >= st.next_beat:
+            self._send(sock, self._heartbeat())
+            st.next_beat = now + HEARTBEAT_EVERY
+        while attached and self.outbox:
+            self._send(sock, self.outbox.popleft())
+        if sock.poll(POLL_MS, zmq.POLLIN):
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                st.last_reply = time.monotonic()
+                self._dispatch(frame)
 
     def _dispatch(self, frame: bytes) -> None:
         try:

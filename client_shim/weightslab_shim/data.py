@@ -114,10 +114,30 @@ class WatchedLoader:
             indexed = _Indexed(self.dataset)
             batches = (_stack([indexed[i] for i in b]) for b in self.sampler)
         for batch in batches:
+            batch = self._without_denied(batch)  # worker processes built it before a later discard
             inputs, ids, targets = batch[0], batch[1], batch[2]
             self._session.note_inputs(self.split, ids, inputs, targets)
             self._session.current_split = self.split
             yield batch
+
+    def _without_denied(self, batch: Any) -> Any:
+        """Drop samples denied after their batch was built (prefetching workers); cheap when none is."""
+        ids = np.asarray(batch[1].numpy() if hasattr(batch[1], "numpy") else batch[1]).reshape(-1)
+        denied = self.sampler.denied
+        ok = (ids >= 0) & (ids < denied.size)
+        keep = ~denied[np.where(ok, ids, 0)] | ~ok
+        if keep.all():
+            return batch
+        pick: Any = keep
+        if hasattr(batch[1], "numpy"):
+            import torch  # only with torch batches in hand
+
+            pick = torch.from_numpy(keep)
+        try:
+            return type(batch)(part[pick] for part in batch) if isinstance(batch, tuple) else [
+                part[pick] for part in batch]
+        except (TypeError, IndexError):
+            return batch  # parts that cannot be masked (dicts, lists of boxes): keep the batch whole
 
     def __iter__(self) -> Iterator[Any]:
         return self._epoch()

@@ -53,7 +53,9 @@ def _prepare(fields: Fields) -> list[tuple[bytes, np.ndarray, int]]:
     out = []
     for name, arr in fields:
         if arr.dtype not in _CODE:
-            arr = arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64)
+            if arr.dtype.kind not in "biuf":
+                continue  # strings, objects, complex: nothing the daemon can plot; never an error
+            arr = arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64)
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
         out.append((name.encode(), arr, _CODE[arr.dtype]))

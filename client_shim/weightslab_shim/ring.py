@@ -149,7 +149,9 @@ class RingWriter:
         self.name = f"{prefix}{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(shm_path(self.name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, HEADER_SIZE + capacity)
+            # Reserve the pages now: a tmpfs that fills up later would kill the trainer with SIGBUS on
+            # a write; here it is an ENOSPC the shim reports, and training goes on unobserved.
+            os.posix_fallocate(fd, 0, HEADER_SIZE + capacity)
         except OSError:
             os.close(fd)
             unlink(self.name)

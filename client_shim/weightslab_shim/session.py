@@ -7,6 +7,7 @@ The hot path (`end_step`) is a bounded copy into the ring and never waits for th
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import re
 import secrets
@@ -17,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -33,7 +34,29 @@ MAX_INFLIGHT = 64  # records waiting for their device->host copies
 PREVIEWS_PER_STEP = 64
 END_TIMEOUT = 3.0
 
+PREVIEW_BYTES_SHARE = 4  # previews of one step take at most 1/4 of the largest record
+CLOSE_FLUSH_SECONDS = 2.0
+
 Fields = list[tuple[str, Staged]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def never_raises(method: F) -> F:
+    """The training loop must not fail because of us: report the first error of each kind, go on."""
+
+    @functools.wraps(method)
+    def guarded(self: Session, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - invariant 1: nothing of ours raises into user code
+            self.errors += 1
+            key = f"{method.__name__}: {type(exc).__name__}: {exc}"[:300]
+            if key not in self._reported:
+                self._reported.add(key)
+                sys.stderr.write(f"weightslab: {key} (ignored; training continues)\n")
+            return None
+
+    return cast(F, guarded)
 
 
 class Session:
@@ -71,6 +94,9 @@ class Session:
         self.channel: ControlChannel | None = None
         self.started = False
         self.dropped_inflight = 0
+        self.errors = 0
+        self._reported: set[str] = set()
+        self._applied_edits: dict[str, int] = {}  # edit cmd_id -> step applied: a re-send is acked, not redone
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -138,12 +164,10 @@ class Session:
                 self.inbox.append(msg)
                 self._cond.notify_all()
 
-    def _set_have_previews(self, have: Mapping[str, list[int]]) -> None:
-        for split, size in self.splits.items():
-            mask = np.zeros(size, dtype=bool)
-            ids = np.asarray(have.get(split, []), dtype=np.int64)
-            mask[ids[(ids >= 0) & (ids < size)]] = True
-            self._have_previews[split] = mask
+    def _set_have_previews(self, have: Mapping[str, str]) -> None:
+        for split, size in list(self.splits.items()):
+            packed = have.get(split)
+            self._have_previews[split] = wire.unpack_mask(packed, size) if packed else np.zeros(size, dtype=bool)
 
     def register_split(self, name: str, size: int) -> None:
         self.splits[name] = size
@@ -162,7 +186,10 @@ class Session:
 
     # -- step boundary ---------------------------------------------------------------------------
 
+    @never_raises
     def begin_step(self) -> None:
+        if self._closed:
+            return
         if not self.started:
             self.start()
         if self._inflight:
@@ -170,11 +197,14 @@ class Session:
         if self.inbox or self.paused:
             self._apply_commands()
 
+    @never_raises
     def end_step(self, *, training: bool) -> None:
         step = self.step
         if training:
             self.step += 1
-        if os.getpid() != self._pid:
+        if os.getpid() != self._pid or self._closed:
+            self._fields.clear()
+            self._previews.clear()
             return
         if self.hp_sync and self.hparams and (self._hp_dirty or _differs(self.hparams, self._hp_sent)):
             self._hp_sent = dict(self.hparams)  # user code may change the dict too: compare each step
@@ -204,14 +234,19 @@ class Session:
             "set_denied": self._set_denied,
             "get_hparams": lambda args: {"hparams": _jsonable(self.hparams)},
         }.get(str(op))
-        ack: wire.Message = {"type": wire.ACK, "cmd_id": cmd.get("cmd_id"), "step": self.step}
-        if handler is None:
+        cmd_id = str(cmd.get("cmd_id"))
+        ack: wire.Message = {"type": wire.ACK, "cmd_id": cmd_id, "step": self.step}
+        if cmd_id in self._applied_edits:  # re-sent after a daemon restart: report, do not redo
+            ack.update(ok=True, step=self._applied_edits[cmd_id], message="already applied")
+        elif handler is None:
             ack.update(ok=False, message=f"unknown command {op!r}")
         else:
             try:
                 ack.update(ok=True, **handler(dict(cmd.get("args") or {})))
             except Exception as exc:  # an edit that cannot apply is reported, never raised into the loop
                 ack.update(ok=False, message=f"{type(exc).__name__}: {exc}")
+            if ack["ok"] and cmd_id.startswith("e"):
+                self._applied_edits[cmd_id] = self.step
         if self.channel is not None:
             self.channel.send(ack)
 
@@ -243,28 +278,32 @@ class Session:
 
     def _deny(self, args: dict[str, Any]) -> dict[str, Any]:
         loader = self._loader(str(args["split"]))
-        changed = loader.set_denied(np.asarray(args.get("ids", []), dtype=np.int64), bool(args.get("deny", True)))
+        changed = loader.set_denied(_ids_arg(args, loader.sampler.size), bool(args.get("deny", True)))
         return {"changed": changed, "in_loop": loader.active_count()}
 
     def _set_denied(self, args: dict[str, Any]) -> dict[str, Any]:
         """The daemon's whole deny list for a split, sent when the trainer (re)attaches."""
         loader = self._loader(str(args["split"]))
+        ids = _ids_arg(args, loader.sampler.size)
         loader.sampler.denied[:] = False
-        loader.set_denied(np.asarray(args.get("ids", []), dtype=np.int64), True)
+        loader.set_denied(ids, True)
         return {"in_loop": loader.active_count()}
 
     # -- what a step publishes ---------------------------------------------------------------------
 
     # Field names are kind, split, name and a serial, so one record can hold many batches (a test loop).
 
+    @never_raises
     def add_signal(self, name: str, split: str, ids: Any, values: Any) -> None:
         n = len(self._fields)
         self._fields.append((f"ids{SEP}{split}{SEP}{name}{SEP}{n}", stage(ids, np.int64)))
         self._fields.append((f"sig{SEP}{split}{SEP}{name}{SEP}{n}", stage(values, np.float32)))
 
+    @never_raises
     def add_scalar(self, name: str, value: Any) -> None:
         self._fields.append((f"scalar{SEP}{name}{SEP}{len(self._fields)}", stage(value, np.float64)))
 
+    @never_raises
     def add_batch(self, split: str, ids: Any, targets: Any = None, preds: Any = None, preds_raw: Any = None) -> None:
         n = len(self._fields)
         self._fields.append((f"bids{SEP}{split}{SEP}{n}", stage(ids, np.int64)))
@@ -272,6 +311,7 @@ class Session:
             if values is not None:
                 self._fields.append((f"{kind}{SEP}{split}{SEP}{n}", stage(values)))
 
+    @never_raises
     def note_inputs(self, split: str, ids: Any, inputs: Any, targets: Any = None) -> None:
         """Queue the inputs of samples the daemon has no preview of yet (bounded per step)."""
         have = self._have_previews.get(split)
@@ -280,8 +320,13 @@ class Session:
         id_arr = to_numpy(ids).astype(np.int64, copy=False).reshape(-1)
         in_range = (id_arr >= 0) & (id_arr < have.size)
         need = np.flatnonzero(in_range & ~have[np.clip(id_arr, 0, have.size - 1)])[:PREVIEWS_PER_STEP]
-        if need.size == 0:
+        if need.size == 0 or self.ring is None:
             return
+        per_sample = max(1, _nbytes(inputs) // max(1, len(id_arr)))
+        budget = self.ring.max_record // PREVIEW_BYTES_SHARE - sum(s.nbytes() for _, s in self._previews)
+        need = need[: max(0, budget // per_sample)]
+        if need.size == 0:
+            return  # too big for this step's share: these samples are offered again when seen again
         have[id_arr[need]] = True
         n = len(self._previews)
         self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[need].astype(np.int64))))
@@ -299,10 +344,11 @@ class Session:
         self._write(rtype, step, fields)
 
     def _flush_inflight(self, wait: bool = False) -> None:
+        deadline = time.monotonic() + CLOSE_FLUSH_SECONDS
         while self._inflight:
             rtype, step, fields = self._inflight[0]
             if not all(s.ready() for _, s in fields):
-                if not wait:
+                if not wait or time.monotonic() > deadline:
                     return
                 time.sleep(0.001)
                 continue
@@ -316,9 +362,25 @@ class Session:
         prepared = records.prepare([(name, s.array()) for name, s in fields])
         view = ring.reserve(rtype, step, records.encoded_size(prepared))
         if view is None:
+            if rtype == RecordType.PREVIEW:
+                self._unmark_previews(fields)  # dropped: offer these samples again later
             return
         records.encode_into(view, prepared)
         ring.commit()
+
+    def _unmark_previews(self, fields: Fields) -> None:
+        for name, staged in fields:
+            parts = name.split(SEP)
+            have = self._have_previews.get(parts[1]) if parts[0] == "pids" else None
+            if have is not None:
+                have[staged.array()] = False
+
+
+def _ids_arg(args: Mapping[str, Any], size: int) -> np.ndarray:
+    """Sample ids of a command: a list, or a packed mask for large sets."""
+    if "mask" in args:
+        return np.flatnonzero(wire.unpack_mask(str(args["mask"]), size))
+    return np.asarray(args.get("ids", []), dtype=np.int64)
 
 
 def _differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -347,8 +409,17 @@ def _take(values: Any, idx: np.ndarray) -> Any:
     if hasattr(values, "detach"):
         import torch  # only reached with a torch tensor in hand
 
-        return values[torch.as_tensor(idx, device=values.device)]
+        index = torch.from_numpy(idx)
+        if values.is_cuda:  # a pinned, non-blocking upload: a pageable one would wait for the stream
+            index = index.pin_memory().to(values.device, non_blocking=True)
+        return values[index]
     return np.asarray(values)[idx]
+
+
+def _nbytes(values: Any) -> int:
+    if hasattr(values, "element_size"):
+        return int(values.element_size() * values.nelement())
+    return int(np.asarray(values).nbytes)
 
 
 def _jsonable(value: Any) -> Any:

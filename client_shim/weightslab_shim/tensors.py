@@ -30,6 +30,10 @@ class Staged:
     def ready(self) -> bool:
         return self._event is None or bool(self._event.query())
 
+    def nbytes(self) -> int:
+        host = self._host
+        return int(host.nbytes) if isinstance(host, np.ndarray) else int(host.element_size() * host.nelement())
+
     def array(self) -> np.ndarray:
         host = self._host
         if isinstance(host, np.ndarray):
@@ -42,18 +46,41 @@ def stage(value: Any, dtype: Any = None) -> Staged:
     torch = _torch()
     if torch is not None and isinstance(value, torch.Tensor):
         t = value.detach()
-        if t.dtype in (torch.bfloat16, torch.float16) and dtype is None:
-            t = t.float()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()  # numpy has no bfloat16; converting on the device keeps the copy async
+        if dtype is not None:
+            t = t.to(_TORCH_DTYPES.get(np.dtype(dtype), t.dtype))
         if t.is_cuda:
+            # pin_memory goes through torch's caching host allocator: no cudaHostAlloc per step.
             host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            stream = torch.cuda.current_stream(t.device)  # the copy is queued on the tensor's device
             host.copy_(t, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(stream)
             return Staged(host, event)
-        arr = t.cpu().numpy()
-        return Staged(arr if dtype is None else arr.astype(dtype, copy=False))
+        return Staged(t.cpu().numpy())
     arr = np.asarray(value)
     return Staged(arr if dtype is None else arr.astype(dtype, copy=False))
+
+
+def _torch_dtypes() -> dict[np.dtype[Any], Any]:
+    torch = _torch()
+    if torch is None:
+        return {}
+    return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+            np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32}
+
+
+class _LazyDtypes(dict):  # type: ignore[type-arg]
+    """numpy -> torch dtypes, filled on first use (torch may be imported after the shim)."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if not self:
+            self.update(_torch_dtypes())
+        return super().get(key, default)
+
+
+_TORCH_DTYPES = _LazyDtypes()
 
 
 def to_numpy(value: Any, dtype: Any = None) -> np.ndarray:

@@ -141,7 +141,10 @@ class ControlServer:
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK
-                    self._check_liveness(now)
+                    try:
+                        self._check_liveness(now)
+                    except Exception as exc:  # noqa: BLE001 - keep serving every other trainer
+                        log.error("liveness check failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             sock.close(0)
             ctx.term()
@@ -174,6 +177,12 @@ class ControlServer:
             problem = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
             log.error("control message rejected", sender=sender, type=msg.get("type"), error=problem)
             self._send(sock, identity, {"type": wire.REJECT, "reason": f"bad {msg.get('type')} message: {problem}"})
+        except Exception as exc:  # noqa: BLE001 - e.g. a run folder that cannot be written: this thread serves all
+            self.rejected_frames += 1
+            problem = f"{type(exc).__name__}: {exc}"
+            log.error("control message failed", sender=sender, type=msg.get("type"), error=problem)
+            self._send(sock, identity, {"type": wire.REJECT, "reason": f"weightslabd could not handle "
+                                                                       f"{msg.get('type')}: {problem}"})
 
     def _handle(self, sock: Any, identity: bytes, att: Attachment | None, msg: wire.Message) -> None:
         kind = msg["type"]
@@ -189,11 +198,10 @@ class ControlServer:
         att.stalled = False
         run = att.run
         if kind == wire.HEARTBEAT:
-            with run.lock:
-                run.paused = bool(msg.get("paused", run.paused))
-                status = "paused" if run.paused else "running"
-                if run.manifest.get("status") != status:
-                    run.manifest["status"] = status
+            # No run lock here: an fsync in progress must not delay the answer every trainer waits for.
+            run.paused = bool(msg.get("paused", run.paused))
+            run.dropped = max(run.dropped, int(msg.get("dropped", 0)))
+            run.manifest["status"] = "paused" if run.paused else "running"
             self._send(sock, identity, {"type": wire.PONG})
         elif kind == wire.ACK:
             self._ack(run, msg)
@@ -239,11 +247,14 @@ class ControlServer:
         self._welcome(identity, run)
 
     def _welcome(self, identity: bytes, run: Run) -> None:
-        self._outbox.append((identity, {"type": wire.WELCOME, "run_id": run.run_id, "hp_sync": self.hp_sync,
-                                        "previews": run.preview_ids()}))
-        for seq, op, args in run.commands_to_resend():
-            cmd_id = f"e{seq}" if seq else f"s{next(self._ids)}"
-            self._outbox.append((identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))
+        # Under the run lock, as edits are journaled and queued: the re-sent state and any new edit
+        # reach the trainer in the order they were journaled.
+        with run.lock:
+            self._outbox.append((identity, {"type": wire.WELCOME, "run_id": run.run_id, "hp_sync": self.hp_sync,
+                                            "previews": run.preview_masks()}))
+            for seq, op, args in run.commands_to_resend():
+                cmd_id = f"e{seq}" if seq else f"s{next(self._ids)}"
+                self._outbox.append((identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))
 
     def _ack(self, run: Run, msg: wire.Message) -> None:
         cmd_id = str(msg.get("cmd_id"))
@@ -261,10 +272,19 @@ class ControlServer:
         for att in list(self.attachments.values()):
             if not pid_alive(att.pid):
                 log.warning("trainer died; run marked crashed", sender=att.label, step=att.run.step)
-                self._detach(att, status="crashed", unlink=True)
+                self.attachments.pop(att.identity, None)
+                # The final drain may take seconds: off this thread, which every other trainer needs.
+                threading.Thread(target=self._detach_logged, args=(att, "crashed"), name="detach",
+                                 daemon=True).start()
             elif now - att.last_seen > self.heartbeat_timeout and not att.stalled:
                 att.stalled = True
                 log.warning("trainer silent but alive", sender=att.label, silent_s=round(now - att.last_seen, 1))
+
+    def _detach_logged(self, att: Attachment, status: str) -> None:
+        try:
+            self._detach(att, status=status, unlink=True)
+        except Exception as exc:  # noqa: BLE001
+            log.error("detaching a trainer failed", sender=att.label, error=f"{type(exc).__name__}: {exc}")
 
     def _detach(self, att: Attachment, *, status: str, unlink: bool) -> None:
         self.attachments.pop(att.identity, None)

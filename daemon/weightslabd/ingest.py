@@ -27,6 +27,7 @@ class RingDrain:
         self.run = run
         self.sender = sender  # who wrote the ring, for error lines
         self.corrupt = 0
+        self.store_failing = False
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one drainer at a time: the thread, or a final drain
         self._thread = threading.Thread(target=self._loop, name=f"ingest-{reader.name}", daemon=True)
@@ -51,10 +52,22 @@ class RingDrain:
                 for rec in self.reader.records(limit):
                     try:
                         self.run.apply_record(rec.type, rec.step, rec.payload, rec.position)
-                    except (MalformedPayload, ValueError) as exc:
+                    except OSError as exc:
+                        # A full disk: leave the record in the ring (the trainer drops and counts what no
+                        # longer fits) and try again; nothing stored, nothing lost beyond that.
+                        if not self.store_failing:
+                            log.error("cannot store ring records; retrying", sender=self.sender,
+                                      error=exc.strerror or str(exc))
+                        self.store_failing = True
+                        return n
+                    except Exception as exc:  # noqa: BLE001 - one bad record must not stop this ring
                         self.corrupt += 1
                         log.error("malformed ring record skipped", sender=self.sender, position=rec.position,
-                                  error=str(exc))
+                                  error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, MalformedPayload)
+                                  else str(exc))
+                    if self.store_failing:
+                        self.store_failing = False
+                        log.info("storing ring records again", sender=self.sender)
                     self.reader.advance()
                     n += 1
             except CorruptRecord as exc:
@@ -72,7 +85,7 @@ class RingDrain:
         while True:
             n = self.drain_once(1 << 30)
             total += n
-            if n == 0 or self.reader.pending() == 0:
+            if n == 0 or self.reader.pending() == 0 or self.store_failing:
                 return total
 
     def stop(self, *, final_drain: bool, unlink: bool) -> None:
@@ -81,4 +94,7 @@ class RingDrain:
             self._thread.join(timeout=5)
         if final_drain:
             self.drain_all()
+        if unlink and self.store_failing and self.reader.pending():
+            unlink = False  # the disk refused what is left: a later start drains it (orphan recovery)
+            log.error("ring kept for a later drain", sender=self.sender, pending_bytes=self.reader.pending())
         self.reader.close(unlink_segment=unlink)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
-from weightslab_shim import records
+from weightslab_shim import records, wire
 from weightslab_shim.ring import RecordType
 from weightslab_shim.session import SEP
 
@@ -31,6 +32,24 @@ from .history import SignalHistory
 from .samples import SampleTable
 
 STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring position
+log = structlog.get_logger("weightslabd.run")
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace a small file so that a crash leaves the old or the new content, never an empty file."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass
@@ -88,18 +107,27 @@ class Run:
             self.manifest.update(step=self.step, paused=self.paused, hparams=self.hparams,
                                  splits={n: t.size for n, t in self.samples.splits.items()}, dropped=self.dropped)
             data = json.dumps(self.manifest, indent=1, default=str)
-        tmp = self.folder / "manifest.json.tmp"
-        tmp.write_text(data)
-        os.replace(tmp, self.folder / "manifest.json")
+        write_durably(self.folder / "manifest.json", data.encode())
 
     def _replay(self) -> None:
-        for _, frame in self.signals.frames():
-            rtype, step, stamp, position = STORED.unpack_from(frame)
-            self._apply(rtype, step, memoryview(frame)[STORED.size:], stamp, position)
-        for offset, frame in self.previews.frames():
-            self._index_previews(offset, frame)
-        for _, frame in self.journal.frames():
-            self._apply_edit(json.loads(frame))
+        """Rebuild the state: edits first, then the trainer's records, whose reported
+        hyperparameters are the truth of what was applied and so come last."""
+        for store, apply in ((self.journal, self._replay_edit), (self.signals, self._replay_record),
+                             (self.previews, self._index_previews)):
+            for offset, frame in store.frames():
+                try:
+                    apply(offset, frame)
+                except Exception as exc:  # noqa: BLE001 - one unreadable entry must not cost the whole run
+                    log.error("stored entry skipped", run=self.run_id, store=store.path.name, offset=offset,
+                              error=f"{type(exc).__name__}: {exc}")
+
+    def _replay_edit(self, offset: int, frame: bytes) -> None:
+        self._apply_edit(json.loads(frame))
+
+    def _replay_record(self, offset: int, frame: bytes) -> None:
+        rtype, step, stamp, position = STORED.unpack_from(frame)
+        fields = records.decode(memoryview(frame)[STORED.size:]) if rtype == RecordType.STEP else {}
+        self._apply(rtype, step, fields, stamp, position)
 
     def close(self) -> None:
         self.save_manifest()
@@ -109,27 +137,28 @@ class Run:
     # -- records from the trainer --------------------------------------------------------------------
 
     def apply_record(self, rtype: int, step: int, payload: memoryview, position: int) -> bool:
-        """Persist then apply one ring record; False for one already applied (re-read after a restart)."""
+        """Check, persist, then apply one ring record; False for one already applied (re-read after a
+        restart). Raises MalformedPayload (nothing stored) or OSError (nothing stored: retry later)."""
+        fields = records.decode(payload)  # a record that does not decode is never stored
         with self.lock:
             if position <= self.last_position:
                 return False
             stamp = int(time.time() * 1000)
             if rtype == RecordType.PREVIEW:
                 offset = self.previews.append(payload)
-                self._index_previews(offset, payload)
                 self.signals.append(STORED.pack(rtype, step, stamp, position))
+                self._index_previews(offset, payload)
                 self.last_position = position
                 return True
             self.signals.append(STORED.pack(rtype, step, stamp, position) + bytes(payload))
-            self._apply(rtype, step, payload, stamp, position)
+            self._apply(rtype, step, fields, stamp, position)
             self.changed.notify_all()
             return True
 
-    def _apply(self, rtype: int, step: int, payload: memoryview, stamp: int, position: int) -> None:
+    def _apply(self, rtype: int, step: int, fields: dict[str, np.ndarray], stamp: int, position: int) -> None:
         self.last_position = max(self.last_position, position)
         if rtype != RecordType.STEP:
             return
-        fields = records.decode(payload)
         curves: dict[str, list[np.ndarray]] = {}
         batches: dict[str, dict[str, np.ndarray]] = {}
         for key, arr in fields.items():
@@ -140,9 +169,10 @@ class Run:
                 ids = fields.get(f"ids{SEP}{split}{SEP}{name}{SEP}{serial}")
                 if ids is None:
                     continue
-                table = self.samples.get(split) or self.samples.ensure_split(split, int(ids.max(initial=-1)) + 1)
                 values = arr.reshape(-1)
-                table.set_signal(name, ids.reshape(-1), values, step)
+                table = self.samples.get(split)  # only registered splits: never sized from a record's ids
+                if table is not None:
+                    table.set_signal(name, ids.reshape(-1), values, step)
                 curves.setdefault(self._curve_name(name, split), []).append(values)
             elif kind == "scalar" and len(parts) == 3:
                 curves.setdefault(parts[1], []).append(arr.reshape(-1).astype(np.float64))
@@ -154,9 +184,9 @@ class Run:
             ids = batch.get("bids")
             if ids is None:
                 continue
-            split = key.split(SEP)[0]
-            table = self.samples.get(split) or self.samples.ensure_split(split, int(ids.max(initial=-1)) + 1)
-            table.set_batch(ids.reshape(-1), _column(batch.get("tgt")), _column(batch.get("pred")))
+            table = self.samples.get(key.split(SEP)[0])
+            if table is not None:
+                table.set_batch(ids.reshape(-1), _column(batch.get("tgt")), _column(batch.get("pred")))
         for name, parts_ in curves.items():
             values = np.concatenate(parts_) if len(parts_) > 1 else parts_[0]
             finite = values[np.isfinite(values)]
@@ -178,9 +208,19 @@ class Run:
                 for i in arr.reshape(-1).tolist():
                     index[int(i)] = offset
 
-    def preview_ids(self) -> dict[str, list[int]]:
+    def preview_masks(self) -> dict[str, str]:
+        """Per split, which samples the daemon has a preview of, packed for the welcome message."""
         with self.lock:
-            return {split: sorted(idx) for split, idx in self.preview_index.items()}
+            out = {}
+            for split, index in self.preview_index.items():
+                table = self.samples.get(split)
+                if table is None:
+                    continue
+                mask = np.zeros(table.size, dtype=bool)
+                ids = np.fromiter(index, dtype=np.int64, count=len(index))
+                mask[ids[(ids >= 0) & (ids < table.size)]] = True
+                out[split] = wire.pack_mask(mask)
+            return out
 
     # -- the user's edits --------------------------------------------------------------------------
 
@@ -211,11 +251,12 @@ class Run:
                 table.edit_tags(np.asarray(entry["ids"], dtype=np.int64), list(entry["tags"]), entry["mode"])
         elif kind == "applied":
             done = self.unacked_edits.pop(int(entry["edit"]), None)
-            if done is not None and done.get("kind") == "hparams" and entry.get("ok", True):
+            if done is not None and done.get("kind") == "hparams":
                 for key, value in done["values"].items():
                     if self.desired.get(key) == value:
-                        del self.desired[key]
-                    self.hparams[key] = value
+                        del self.desired[key]  # applied, or refused by the trainer: no longer wanted
+                    if entry.get("ok", True):
+                        self.hparams[key] = value
 
     def record_applied(self, seq: int, step: int, ok: bool, message: str = "") -> None:
         """The trainer applied (or refused) journaled edit `seq` at `step`."""
@@ -244,7 +285,7 @@ class Run:
                 if entry["kind"] == "hparams":
                     out.append((seq, "set_hparams", dict(entry["values"])))
             for split, table in self.samples.splits.items():
-                out.append((0, "set_denied", {"split": split, "ids": np.flatnonzero(table.denied).tolist()}))
+                out.append((0, "set_denied", {"split": split, "mask": wire.pack_mask(table.denied)}))
             return out
 
 

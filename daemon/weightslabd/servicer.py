@@ -12,6 +12,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import grpc
+import numpy as np
+
+from weightslab_shim import wire
 
 from .control import ControlServer
 from .proto import experiment_service_pb2 as pb
@@ -136,12 +139,16 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         return self._edit(run, dict(args, kind="deny"), "deny", args)
 
     def _edit(self, run: Run, edit: dict[str, Any], op: str, args: dict[str, Any]) -> Any:
-        """Journal (fsync) first, then tell the trainer; reply with what is known after a bounded wait."""
-        try:
-            seq = run.journal_edit(edit)
-        except OSError as exc:
-            return pb.CommandResponse(success=False, message=f"edit not saved, nothing changed: {exc.strerror or exc}")
-        pending = self.control.send_command(run, op, args, edit_seq=seq)
+        """Journal (fsync) first, then tell the trainer; reply with what is known after a bounded wait.
+
+        Journal and queue under the run lock, so edits reach the trainer in journal order."""
+        with run.lock:
+            try:
+                seq = run.journal_edit(edit)
+            except OSError as exc:
+                return pb.CommandResponse(success=False,
+                                          message=f"edit not saved, nothing changed: {exc.strerror or exc}")
+            pending = self.control.send_command(run, op, _compact(args, run), edit_seq=seq)
         if pending is None:
             return pb.CommandResponse(success=True, message="saved; no trainer is attached, it applies when the "
                                                             "trainer reattaches")
@@ -213,6 +220,20 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
     def GetDataSplits(self, request: Any, context: grpc.ServicerContext) -> Any:
         run = self.registry.current()
         return pb.DataSplitsResponse(success=run is not None, split_names=list(run.samples.splits) if run else [])
+
+
+MASK_ABOVE = 10_000  # id lists longer than this travel as a packed mask
+
+
+def _compact(args: dict[str, Any], run: Run) -> dict[str, Any]:
+    ids = args.get("ids")
+    table = run.samples.get(str(args.get("split")))
+    if ids is None or table is None or len(ids) <= MASK_ABOVE:
+        return args
+    mask = np.zeros(table.size, dtype=bool)
+    arr = np.asarray(ids, dtype=np.int64)
+    mask[arr[(arr >= 0) & (arr < table.size)]] = True
+    return {k: v for k, v in args.items() if k != "ids"} | {"mask": wire.pack_mask(mask)}
 
 
 def status_message(run: Run) -> Any:

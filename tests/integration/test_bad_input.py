@@ -82,3 +82,25 @@ def test_a_corrupt_ring_record_is_skipped_and_the_rest_is_read(daemon: Daemon, d
         wait_for(lambda: len(history(stub)) == 3, 5, "a record after the corrupt one")
     finally:
         ring.close(unlink_segment=True)
+
+
+def test_a_hello_the_daemon_cannot_store_is_refused_and_others_carry_on(daemon: Daemon, dealer: zmq.Socket,
+                                                                        env: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    run_id = "unstorable"
+    ring = RingWriter(ring_prefix(Path(env["WEIGHTSLAB_RUNTIME_DIR"])), 1 << 20, run_id)
+    try:
+        env_root = Path(env["WEIGHTSLAB_ROOT_LOG_DIR"])
+        env_root.mkdir(parents=True, exist_ok=True)
+        (env_root / run_id).write_text("")  # a file where the run folder must go
+        hello = {"type": wire.HELLO, "protocol": wire.PROTOCOL_VERSION, "pid": os.getpid(), "run_id": run_id,
+                 "run_name": "x", "script_dir": str(blocker), "splits": {}, "hparams": {},
+                 "ring": {"name": ring.name, "capacity": ring.capacity}}
+        dealer.send(wire.encode(hello))
+        reply = wire.decode(dealer.recv())
+        assert reply["type"] == wire.REJECT and "could not handle hello" in str(reply["reason"])
+    finally:
+        ring.close(unlink_segment=True)
+    assert Trainer(env, tmp_path, "--steps", "30").wait()["steps"] == 30
+    assert [p.model_age for p in history(daemon.stub()) if p.metric_name == "loss"] == list(range(30))

@@ -253,3 +253,17 @@ def test_a_small_ring_without_a_daemon_drops_the_newest_and_counts(env: dict[str
     trainer = Trainer(env, tmp_path, "--steps", "5", name="bad-setting")
     assert trainer.wait()["steps"] == 5
     assert "WEIGHTSLAB_RING_MB='lots' is invalid" in trainer.stderr()
+
+
+def test_after_a_restart_the_trainers_latest_values_win_over_older_edits(daemon: Daemon, env: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    trainer = Trainer(env, tmp_path, "--steps", "400", "--step-sleep", "0.002", "--set-lr-at", "300")
+    stub = daemon.stub()
+    wait_for(lambda: len(history(stub)) > 20, 10, "the first steps")
+    reply = set_hparams(stub, learning_rate=0.5)
+    assert reply.success and int(reply.message.rsplit(" ", 1)[1]) < 300, reply
+    assert trainer.wait()["lr"] == pytest.approx(0.7)
+    assert hparams(stub)["learning_rate"] == pytest.approx(0.7)
+    daemon.kill(signal.SIGKILL)
+    daemon.start()
+    assert hparams(daemon.stub())["learning_rate"] == pytest.approx(0.7)

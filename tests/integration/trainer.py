@@ -26,6 +26,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--mutate-hp-at", type=int, default=-1, help="the loop itself sets hp['custom_knob'] then")
+    p.add_argument("--set-lr-at", type=int, default=-1, help="the loop itself sets the learning rate to 0.7 then")
     args = p.parse_args()
 
     hp = wl.watch_or_edit({"learning_rate": 0.1, "training_steps_to_do": args.steps, "batch_size": args.batch},
@@ -44,6 +45,8 @@ def main() -> None:
             steps_at_start.append(wl.session().step)
             if wl.session().step == args.mutate_hp_at:
                 hp["custom_knob"] = args.mutate_hp_at
+            if wl.session().step == args.set_lr_at:  # a schedule in user code, after the UI's edit
+                hp["learning_rate"] = optimizer.param_groups[0]["lr"] = 0.7
             x, ids, y = next(loader)
             out = x.mean(axis=(1, 2, 3)) * 10
             criterion(out, y, batch_ids=ids, preds=np.round(out))

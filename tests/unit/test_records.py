@@ -90,8 +90,14 @@ def test_unsupported_dtypes_are_cast_to_a_supported_one() -> None:
     decoded = round_trip([("i", big_endian), ("f", big_float)])
     assert decoded["i"].dtype == np.int64
     assert decoded["i"].tolist() == [1, -2, 300]
-    assert decoded["f"].dtype == np.float32
+    assert decoded["f"].dtype == np.float64
     assert decoded["f"].tolist() == [0.5, -1.25]
+
+
+def test_non_numeric_arrays_are_left_out_not_an_error() -> None:
+    decoded = round_trip([("labels", np.array(["cat", "dog"])), ("objs", np.array([{}, None])),
+                          ("x", np.arange(2))])
+    assert list(decoded) == ["x"]
 
 
 def test_decoded_arrays_are_views_of_the_payload() -> None:
