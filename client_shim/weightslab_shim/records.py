@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .ring import MASK64, copy_summing, word_sum
+
 FIELD = struct.Struct("<HBBI")
 _DTYPES: tuple[np.dtype[Any], ...] = tuple(np.dtype(t) for t in (
     np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64,
@@ -49,50 +51,80 @@ def json_field(value: Mapping[str, Any]) -> np.ndarray:
     return text(json.dumps(value, separators=(",", ":"), default=float))
 
 
-def _prepare(fields: Fields) -> list[tuple[bytes, np.ndarray, int]]:
+# (head, data, pad): the field header with shape, name and padding (cached: names and shapes repeat
+# every step), the array's bytes, and how many zero bytes follow them.
+Prepared = tuple[bytes, memoryview, int]
+
+
+_HEADS: dict[tuple[str, int, tuple[int, ...]], bytes] = {}
+_HEADS_LIMIT = 4096
+_EMPTY = memoryview(b"")
+
+
+def _head(name: str, dtype: np.dtype[Any], shape: tuple[int, ...], nbytes: int) -> bytes:
+    key = (name, dtype.num, shape)
+    head = _HEADS.get(key)
+    if head is None:
+        raw = name.encode()
+        head = FIELD.pack(len(raw), _CODE[dtype], len(shape), nbytes) + struct.pack(f"<{len(shape)}I", *shape) + raw
+        head += bytes(_pad8(len(head)))
+        if len(_HEADS) >= _HEADS_LIMIT:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
+
+
+def prepare(fields: Fields) -> list[Prepared]:
     out = []
     for name, arr in fields:
-        if arr.dtype not in _CODE:
-            if arr.dtype.kind not in "biuf":
+        dtype = arr.dtype
+        if dtype not in _CODE:
+            if dtype.kind not in "biuf":
                 continue  # strings, objects, complex: nothing the daemon can plot; never an error
-            arr = arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64)
-        if not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)
-        out.append((name.encode(), arr, _CODE[arr.dtype]))
+            arr = arr.astype(np.float64 if dtype.kind == "f" else np.int64)
+            dtype = arr.dtype
+        n = arr.nbytes
+        if not n:
+            data = _EMPTY
+        else:
+            try:
+                data = (arr if arr.ndim else arr.reshape(1)).data.cast("B")
+            except TypeError:  # not C-contiguous
+                arr = np.ascontiguousarray(arr)
+                data = arr.data.cast("B")
+        head = _HEADS.get((name, dtype.num, arr.shape)) or _head(name, dtype, arr.shape, n)
+        out.append((head, data, -n % 8))
     return out
 
 
-def encoded_size(prepared: list[tuple[bytes, np.ndarray, int]]) -> int:
-    size = 0
-    for name, arr, _ in prepared:
-        head = FIELD.size + 4 * arr.ndim + len(name)
-        size += head + _pad8(head) + arr.nbytes + _pad8(arr.nbytes)
-    return size
+def encoded_size(prepared: list[Prepared]) -> int:
+    return sum(len(head) + len(data) + pad for head, data, pad in prepared)
 
 
-def encode_into(view: memoryview, prepared: list[tuple[bytes, np.ndarray, int]]) -> None:
+def encode_into(view: memoryview, prepared: list[Prepared], *, summing: bool = False) -> int:
+    """Write the fields into `view`. With summing, also return the 64-bit word sum of everything
+    written (padding zeroed), each large array summed chunk by chunk while it is still in cache:
+    the ring's checksum then needs no second pass over a big record."""
     pos = 0
-    for name, arr, code in prepared:
-        FIELD.pack_into(view, pos, len(name), code, arr.ndim, arr.nbytes)
-        pos += FIELD.size
-        if arr.ndim:
-            struct.pack_into(f"<{arr.ndim}I", view, pos, *arr.shape)
-            pos += 4 * arr.ndim
-        view[pos: pos + len(name)] = name
-        pos += len(name)
-        pos += _pad8(pos)
-        n = arr.nbytes
+    total = 0
+    for head, data, pad in prepared:
+        end = pos + len(head)
+        view[pos:end] = head
+        if summing:
+            total += word_sum(view[pos:end])
+        pos = end
+        n = len(data)
         if n:
-            view[pos: pos + n] = arr.reshape(-1).view(np.uint8).data
-        pos += n + _pad8(n)
-
-
-def prepare(fields: Fields) -> list[tuple[bytes, np.ndarray, int]]:
-    return _prepare(fields)
+            if summing:
+                total += copy_summing(view[pos: pos + n + pad], data, pad)
+            else:
+                view[pos: pos + n] = data
+        pos += n + pad
+    return total & MASK64
 
 
 def encode(fields: Fields) -> bytes:
-    prepared = _prepare(fields)
+    prepared = prepare(fields)
     buf = bytearray(encoded_size(prepared))
     encode_into(memoryview(buf), prepared)
     return bytes(buf)

@@ -24,9 +24,9 @@ import numpy as np
 
 from . import records, wire
 from .channel import ControlChannel
-from .ring import RecordType, RingWriter
+from .ring import WORDSUM_MIN, RecordType, RingWriter
 from .runtime import CONTROL_SOCKET, control_endpoint, resolve_runtime_dir, ring_prefix
-from .tensors import Staged, stage, to_numpy
+from .tensors import F32, F64, I64, DeviceCopies, Staged, stage, to_numpy
 
 SEP = "\x1f"  # separates kind, split and signal name in a field name; never in user names
 RING_MB_DEFAULT = 32
@@ -95,6 +95,7 @@ class Session:
         self.started = False
         self.dropped_inflight = 0
         self.errors = 0
+        self._device_copies_seen = DeviceCopies.started
         self._reported: set[str] = set()
         self._applied_edits: dict[str, int] = {}  # edit cmd_id -> step applied: a re-send is acked, not redone
 
@@ -216,6 +217,7 @@ class Session:
         if self._previews:
             fields, self._previews = self._previews, []
             self._emit(RecordType.PREVIEW, step, fields)
+        self._device_copies_seen = DeviceCopies.started
 
     def _apply_commands(self) -> None:
         with self._cond:
@@ -294,22 +296,28 @@ class Session:
     # Field names are kind, split, name and a serial, so one record can hold many batches (a test loop).
 
     @never_raises
-    def add_signal(self, name: str, split: str, ids: Any, values: Any) -> None:
+    def add_signal(self, name: str, split: str, ids: Any, values: Any, targets: Any = None, preds: Any = None,
+                   preds_raw: Any = None) -> None:
+        """Per-sample values of one signal; targets and predictions of the same batch share its ids."""
         n = len(self._fields)
-        self._fields.append((f"ids{SEP}{split}{SEP}{name}{SEP}{n}", stage(ids, np.int64)))
-        self._fields.append((f"sig{SEP}{split}{SEP}{name}{SEP}{n}", stage(values, np.float32)))
+        self._fields.append((f"ids{SEP}{split}{SEP}{name}{SEP}{n}", stage(ids, I64)))
+        self._fields.append((f"sig{SEP}{split}{SEP}{name}{SEP}{n}", stage(values, F32)))
+        self._add_batch_values(split, n, targets, preds, preds_raw)
 
     @never_raises
     def add_scalar(self, name: str, value: Any) -> None:
-        self._fields.append((f"scalar{SEP}{name}{SEP}{len(self._fields)}", stage(value, np.float64)))
+        self._fields.append((f"scalar{SEP}{name}{SEP}{len(self._fields)}", stage(value, F64)))
 
     @never_raises
     def add_batch(self, split: str, ids: Any, targets: Any = None, preds: Any = None, preds_raw: Any = None) -> None:
         n = len(self._fields)
-        self._fields.append((f"bids{SEP}{split}{SEP}{n}", stage(ids, np.int64)))
+        self._fields.append((f"bids{SEP}{split}{SEP}{n}", stage(ids, I64)))
+        self._add_batch_values(split, n, targets, preds, preds_raw)
+
+    def _add_batch_values(self, split: str, serial: int, targets: Any, preds: Any, preds_raw: Any) -> None:
         for kind, values in (("tgt", targets), ("pred", preds), ("praw", preds_raw)):
             if values is not None:
-                self._fields.append((f"{kind}{SEP}{split}{SEP}{n}", stage(values)))
+                self._fields.append((f"{kind}{SEP}{split}{SEP}{serial}", stage(values)))
 
     @never_raises
     def note_inputs(self, split: str, ids: Any, inputs: Any, targets: Any = None) -> None:
@@ -335,7 +343,8 @@ class Session:
             self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", stage(_take(targets, need))))
 
     def _emit(self, rtype: int, step: int, fields: Fields) -> None:
-        if self._inflight or not all(s.ready() for _, s in fields):
+        device = DeviceCopies.started != self._device_copies_seen
+        if self._inflight or (device and not all(s.ready() for _, s in fields)):
             if len(self._inflight) >= MAX_INFLIGHT:
                 self._inflight.popleft()
                 self.dropped_inflight += 1
@@ -360,13 +369,17 @@ class Session:
         if ring is None:
             return
         prepared = records.prepare([(name, s.array()) for name, s in fields])
-        view = ring.reserve(rtype, step, records.encoded_size(prepared))
+        size = records.encoded_size(prepared)
+        view = ring.reserve(rtype, step, size)
         if view is None:
             if rtype == RecordType.PREVIEW:
                 self._unmark_previews(fields)  # dropped: offer these samples again later
             return
-        records.encode_into(view, prepared)
-        ring.commit()
+        if size >= WORDSUM_MIN:  # sum while copying: no second pass over a big record
+            ring.commit(records.encode_into(view, prepared, summing=True))
+        else:
+            records.encode_into(view, prepared)
+            ring.commit()
 
     def _unmark_previews(self, fields: Fields) -> None:
         for name, staged in fields:

@@ -41,26 +41,41 @@ class Staged:
         return np.asarray(host.numpy())
 
 
+F32 = np.dtype(np.float32)
+F64 = np.dtype(np.float64)
+I64 = np.dtype(np.int64)
+
+
+class DeviceCopies:
+    """How many device->host copies were started: a step that started none needs no readiness check."""
+
+    started = 0
+
+
 def stage(value: Any, dtype: Any = None) -> Staged:
     """Start moving `value` to the host; never blocks on a device."""
+    if isinstance(value, np.ndarray):
+        return Staged(value if dtype is None or value.dtype == dtype else value.astype(dtype))
     torch = _torch()
     if torch is not None and isinstance(value, torch.Tensor):
-        t = value.detach()
-        if t.dtype in (torch.bfloat16, torch.float16):
+        t = value.detach() if value.requires_grad else value
+        if t.dtype == torch.bfloat16 or t.dtype == torch.float16:
             t = t.float()  # numpy has no bfloat16; converting on the device keeps the copy async
+        if not t.is_cuda:
+            arr = t.numpy() if t.is_cpu else t.cpu().numpy()
+            return Staged(arr if dtype is None or arr.dtype == dtype else arr.astype(dtype))
+        DeviceCopies.started += 1
         if dtype is not None:
             t = t.to(_TORCH_DTYPES.get(np.dtype(dtype), t.dtype))
-        if t.is_cuda:
-            # pin_memory goes through torch's caching host allocator: no cudaHostAlloc per step.
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            stream = torch.cuda.current_stream(t.device)  # the copy is queued on the tensor's device
-            host.copy_(t, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(stream)
-            return Staged(host, event)
-        return Staged(t.cpu().numpy())
+        # pin_memory goes through torch's caching host allocator: no cudaHostAlloc per step.
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        stream = torch.cuda.current_stream(t.device)  # the copy is queued on the tensor's device
+        host.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(stream)
+        return Staged(host, event)
     arr = np.asarray(value)
-    return Staged(arr if dtype is None else arr.astype(dtype, copy=False))
+    return Staged(arr if dtype is None or arr.dtype == dtype else arr.astype(dtype))
 
 
 def _torch_dtypes() -> dict[np.dtype[Any], Any]:

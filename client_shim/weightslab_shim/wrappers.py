@@ -43,12 +43,12 @@ class SignalFunction:
             return out
         s = self._session
         split = s.current_split
+        targets = args[1] if len(args) > 1 else kwargs.get("target", kwargs.get("targets"))
         if getattr(out, "ndim", 0) > 0:
-            s.add_signal(self.name, split, batch_ids, out)
+            s.add_signal(self.name, split, batch_ids, out, targets, preds)
         else:
             s.add_scalar(self.name, out)
-        targets = args[1] if len(args) > 1 else kwargs.get("target", kwargs.get("targets"))
-        s.add_batch(split, batch_ids, targets, preds)
+            s.add_batch(split, batch_ids, targets, preds)
         return out
 
     def __getattr__(self, item: str) -> Any:

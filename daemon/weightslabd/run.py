@@ -160,11 +160,16 @@ class Run:
         if rtype != RecordType.STEP:
             return
         curves: dict[str, list[np.ndarray]] = {}
-        batches: dict[str, dict[str, np.ndarray]] = {}
+        batches: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        ids_of: dict[str, np.ndarray] = {}  # serial -> sample ids: a signal's ids serve its batch values too
         for key, arr in fields.items():
             parts = key.split(SEP)
             kind = parts[0]
-            if kind == "sig" and len(parts) == 4:
+            if kind == "ids" and len(parts) == 4:
+                ids_of[parts[3]] = arr
+            elif kind == "bids" and len(parts) == 3:
+                ids_of[parts[2]] = arr
+            elif kind == "sig" and len(parts) == 4:
                 _, split, name, serial = parts
                 ids = fields.get(f"ids{SEP}{split}{SEP}{name}{SEP}{serial}")
                 if ids is None:
@@ -176,17 +181,24 @@ class Run:
                 curves.setdefault(self._curve_name(name, split), []).append(values)
             elif kind == "scalar" and len(parts) == 3:
                 curves.setdefault(parts[1], []).append(arr.reshape(-1).astype(np.float64))
-            elif kind in ("bids", "tgt", "pred", "praw") and len(parts) == 3:
-                batches.setdefault(f"{parts[1]}{SEP}{parts[2]}", {})[kind] = arr
+            elif kind in ("tgt", "pred", "praw") and len(parts) == 3:
+                batches.setdefault((parts[1], parts[2]), {})[kind] = arr
             elif kind == "hp":
                 self.hparams.update(records.as_json(arr))
-        for key, batch in batches.items():
-            ids = batch.get("bids")
-            if ids is None:
-                continue
-            table = self.samples.get(key.split(SEP)[0])
-            if table is not None:
-                table.set_batch(ids.reshape(-1), _column(batch.get("tgt")), _column(batch.get("pred")))
+        for (split, serial), batch in batches.items():
+            ids = ids_of.get(serial)
+            table = self.samples.get(split)
+            if ids is not None and table is not None:
+                table.set_labels(ids.reshape(-1), _column(batch.get("tgt")), _column(batch.get("pred")))
+        seen: dict[str, list[np.ndarray]] = {}
+        for key, arr in fields.items():
+            parts = key.split(SEP)
+            if parts[0] in ("ids", "bids"):
+                seen.setdefault(parts[1], []).append(arr.reshape(-1))
+        for split, id_arrays in seen.items():
+            table = self.samples.get(split)
+            if table is not None:  # once per step, however many signals named the sample
+                table.count_encounters(np.unique(np.concatenate(id_arrays)))
         for name, parts_ in curves.items():
             values = np.concatenate(parts_) if len(parts_) > 1 else parts_[0]
             finite = values[np.isfinite(values)]

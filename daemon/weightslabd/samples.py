@@ -44,10 +44,12 @@ class SplitTable:
         col[ids[:n][ok]] = values[:n][ok]
         self.last_step[ids[:n][ok]] = step
 
-    def set_batch(self, ids: np.ndarray, targets: np.ndarray | None, preds: np.ndarray | None) -> None:
+    def count_encounters(self, unique_ids: np.ndarray) -> None:
+        self.encounters[self.valid(unique_ids)] += 1
+
+    def set_labels(self, ids: np.ndarray, targets: np.ndarray | None, preds: np.ndarray | None) -> None:
         ok = (ids >= 0) & (ids < self.size)
         good = ids[ok]
-        np.add.at(self.encounters, good, 1)
         for column, values in ((self.label, targets), (self.prediction, preds)):
             # Only one scalar per sample fits a column; richer targets (masks) stay in the store.
             if values is not None and values.ndim == 1 and len(values) == len(ids) and values.dtype.kind in "fiub":

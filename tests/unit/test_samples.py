@@ -50,16 +50,16 @@ def test_set_signal_with_fewer_values_than_ids_uses_the_pairs_it_has() -> None:
     assert table.last_step.tolist() == [1, -1, -1, -1]
 
 
-def test_set_batch_counts_encounters_including_repeats_in_one_batch() -> None:
+def test_encounters_count_each_step_a_sample_was_in_and_ignore_unknown_ids() -> None:
     table = SplitTable("train", 5)
-    table.set_batch(ids(0, 2, 2, 4, 9, -1), None, None)
-    table.set_batch(ids(2, 3), None, None)
-    assert table.encounters.tolist() == [1, 0, 3, 1, 1]
+    table.count_encounters(ids(0, 2, 4, 9, -1))
+    table.count_encounters(ids(2, 3))
+    assert table.encounters.tolist() == [1, 0, 2, 1, 1]
 
 
 def test_set_batch_stores_scalar_targets_and_predictions() -> None:
     table = SplitTable("train", 4)
-    table.set_batch(ids(0, 3, 7), np.array([1, 0, 5]), np.array([0.9, 0.2, 0.5]))
+    table.set_labels(ids(0, 3, 7), np.array([1, 0, 5]), np.array([0.9, 0.2, 0.5]))
     assert table.label[[0, 3]].tolist() == [1.0, 0.0]
     assert table.prediction[[0, 3]].tolist() == [0.9, 0.2]
     assert np.isnan(table.label[[1, 2]]).all()
@@ -67,10 +67,9 @@ def test_set_batch_stores_scalar_targets_and_predictions() -> None:
 
 def test_set_batch_skips_targets_that_are_not_one_scalar_per_sample() -> None:
     table = SplitTable("train", 3)
-    table.set_batch(ids(0, 1), np.zeros((2, 8, 8)), np.array([0.5]))  # masks; wrong length
-    table.set_batch(ids(2,), np.array(["cat"]), None)  # not numeric
+    table.set_labels(ids(0, 1), np.zeros((2, 8, 8)), np.array([0.5]))  # masks; wrong length
+    table.set_labels(ids(2,), np.array(["cat"]), None)  # not numeric
     assert np.isnan(table.label).all() and np.isnan(table.prediction).all()
-    assert table.encounters.tolist() == [1, 1, 1]
 
 
 def test_deny_and_restore_return_how_many_samples_changed() -> None:
@@ -115,7 +114,9 @@ def test_growing_a_split_keeps_every_column_and_tag() -> None:
     samples = SampleTable()
     small = samples.ensure_split("train", 3)
     small.set_signal("loss", ids(0, 2), np.array([0.5, 1.5]), step=4)
-    small.set_batch(ids(1, 1), np.array([2, 2]), np.array([0.75, 0.75]))
+    small.set_labels(ids(1, 1), np.array([2, 2]), np.array([0.75, 0.75]))
+    small.count_encounters(ids(1,))
+    small.count_encounters(ids(1,))
     small.set_denied(ids(2,), True)
     small.edit_tags(ids(0,), ["keep"], "add")
 

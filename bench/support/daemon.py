@@ -1,0 +1,60 @@
+"""A private weightslabd for a benchmark: its own runtime dir, log dir and gRPC port, no TLS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+DAEMON = Path(sys.executable).with_name("weightslabd")
+READY_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def running_daemon(root: Path, runtime: Path | None = None) -> Iterator[Path]:
+    """Start weightslabd under `root`, wait for its daemon.json, yield its runtime dir, then SIGTERM it."""
+    runtime = runtime or root / "rt"
+    env = dict(os.environ, WEIGHTSLAB_RUNTIME_DIR=str(runtime), GRPC_TLS_ENABLED="0",
+               GRPC_BACKEND_HOST="127.0.0.1", GRPC_BACKEND_PORT=str(free_port()),
+               WEIGHTSLAB_ROOT_LOG_DIR=str(root / "logs"))
+    log_path = root / "daemon.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(DAEMON)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not (runtime / "daemon.json").exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"weightslabd did not become ready (exit {proc.returncode}):\n{tail}")
+                time.sleep(0.05)
+            yield runtime
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
