@@ -55,7 +55,7 @@ class DeviceCopies:
 def stage(value: Any, dtype: Any = None) -> Staged:
     """Start moving `value` to the host; never blocks on a device."""
     if isinstance(value, np.ndarray):
-        return Staged(value if dtype is None or value.dtype == dtype else value.astype(dtype))
+        return Staged(value if dtype is None or value.dtype is dtype or value.dtype == dtype else value.astype(dtype))
     torch = _torch()
     if torch is not None and isinstance(value, torch.Tensor):
         t = value.detach() if value.requires_grad else value
@@ -63,7 +63,7 @@ def stage(value: Any, dtype: Any = None) -> Staged:
             t = t.float()  # numpy has no bfloat16; converting on the device keeps the copy async
         if not t.is_cuda:
             arr = t.numpy() if t.is_cpu else t.cpu().numpy()
-            return Staged(arr if dtype is None or arr.dtype == dtype else arr.astype(dtype))
+            return Staged(arr if dtype is None or arr.dtype is dtype or arr.dtype == dtype else arr.astype(dtype))
         DeviceCopies.started += 1
         if dtype is not None:
             t = t.to(_TORCH_DTYPES.get(np.dtype(dtype), t.dtype))
