@@ -147,7 +147,7 @@ class Run:
             if rtype == RecordType.PREVIEW:
                 offset = self.previews.append(payload)
                 self.signals.append(STORED.pack(rtype, step, stamp, position))
-                self._index_previews(offset, payload)
+                self._index_previews(offset, payload, fields)
                 self.last_position = position
                 return True
             self.signals.append(STORED.pack(rtype, step, stamp, position) + bytes(payload))
@@ -212,13 +212,13 @@ class Run:
         home = self._signal_home.setdefault(signal, split)
         return signal if home == split else f"{signal}/{split}"
 
-    def _index_previews(self, offset: int, payload: bytes | memoryview) -> None:
-        for key, arr in records.decode(payload).items():
+    def _index_previews(self, offset: int, payload: bytes | memoryview,
+                        fields: dict[str, np.ndarray] | None = None) -> None:
+        for key, arr in (records.decode(payload) if fields is None else fields).items():
             parts = key.split(SEP)
             if parts[0] == "pids" and len(parts) == 3:
                 index = self.preview_index.setdefault(parts[1], {})
-                for i in arr.reshape(-1).tolist():
-                    index[int(i)] = offset
+                index.update(dict.fromkeys(arr.reshape(-1).tolist(), offset))
 
     def preview_masks(self) -> dict[str, str]:
         """Per split, which samples the daemon has a preview of, packed for the welcome message."""
