@@ -25,6 +25,7 @@ _DTYPES: tuple[np.dtype[Any], ...] = tuple(np.dtype(t) for t in (
 ))
 _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 Fields = Sequence[tuple[str, np.ndarray]]
+SEP = "\x1f"  # separates kind, split, signal name and serial in a field name; never in user names
 
 
 class MalformedPayload(ValueError):

@@ -24,20 +24,20 @@ import numpy as np
 
 from . import records, wire
 from .channel import ControlChannel
-from .ring import WORDSUM_MIN, RecordType, RingWriter
+from .publisher import Publisher
+from .records import SEP
+from .ring import RecordType, RingWriter
 from .runtime import CONTROL_SOCKET, control_endpoint, resolve_runtime_dir, ring_prefix
-from .tensors import F32, F64, I64, DeviceCopies, Staged, stage, to_numpy
+from .tensors import F32, F64, I64, Lazy, Staged, hold, to_numpy
 
-SEP = "\x1f"  # separates kind, split and signal name in a field name; never in user names
 RING_MB_DEFAULT = 32
-MAX_INFLIGHT = 64  # records waiting for their device->host copies
 PREVIEWS_PER_STEP = 64
 END_TIMEOUT = 3.0
 
 PREVIEW_BYTES_SHARE = 4  # previews of one step take at most 1/4 of the largest record
 CLOSE_FLUSH_SECONDS = 2.0
 
-Fields = list[tuple[str, Staged]]
+Fields = list[tuple[str, Staged | Lazy]]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -84,18 +84,16 @@ class Session:
         self._cond = threading.Condition()
         self._fields: Fields = []
         self._previews: Fields = []
-        self._inflight: deque[tuple[int, int, Fields]] = deque()
         self._hp_dirty = True
         self._hp_sent: dict[str, Any] = {}
         self._have_previews: dict[str, np.ndarray] = {}
         self._pid = os.getpid()
         self._closed = False
         self.ring: RingWriter | None = None
+        self.publisher: Publisher | None = None
         self.channel: ControlChannel | None = None
         self.started = False
-        self.dropped_inflight = 0
         self.errors = 0
-        self._device_copies_seen = DeviceCopies.started
         self._reported: set[str] = set()
         self._applied_edits: dict[str, int] = {}  # edit cmd_id -> step applied: a re-send is acked, not redone
 
@@ -110,6 +108,8 @@ class Session:
         except OSError as exc:
             sys.stderr.write(f"weightslab: no shared-memory ring ({exc}); training continues unobserved\n")
             return
+        self.publisher = Publisher(self.ring, self._dropped)
+        self.publisher.start()
         self.channel = ControlChannel(control_endpoint(self.runtime_dir), self._hello, self._heartbeat,
                                       self._on_message)
         self.channel.start()
@@ -122,9 +122,9 @@ class Session:
         self._closed = True
         with self._cond:
             self._cond.notify_all()
-        if self.ring is None or self.channel is None:
+        if self.ring is None or self.channel is None or self.publisher is None:
             return
-        self._flush_inflight(wait=True)
+        self.publisher.close(CLOSE_FLUSH_SECONDS)
         self.ring.mark_closed()
         if not self.channel.attached.is_set() and (self.runtime_dir / CONTROL_SOCKET).exists():
             self.channel.attached.wait(END_TIMEOUT)  # a daemon is there: let a short run reach it
@@ -152,7 +152,7 @@ class Session:
     def _heartbeat(self) -> wire.Message:
         ring = self.ring
         return {"type": wire.HEARTBEAT, "step": self.step, "paused": self.paused,
-                "dropped": (ring.dropped if ring else 0) + self.dropped_inflight}
+                "dropped": (ring.dropped if ring else 0) + (self.publisher.dropped if self.publisher else 0)}
 
     def _on_message(self, msg: wire.Message) -> None:
         kind = msg["type"]
@@ -193,8 +193,6 @@ class Session:
             return
         if not self.started:
             self.start()
-        if self._inflight:
-            self._flush_inflight()
         if self.inbox or self.paused:
             self._apply_commands()
 
@@ -211,13 +209,19 @@ class Session:
             self._hp_sent = dict(self.hparams)  # user code may change the dict too: compare each step
             self._fields.append(("hp", Staged(records.json_field(_jsonable(self.hparams)))))
             self._hp_dirty = False
+        publisher = self.publisher
         if self._fields:
             fields, self._fields = self._fields, []
-            self._emit(RecordType.STEP, step, fields)
+            if publisher is not None:
+                publisher.submit(RecordType.STEP, step, fields)
         if self._previews:
             fields, self._previews = self._previews, []
-            self._emit(RecordType.PREVIEW, step, fields)
-        self._device_copies_seen = DeviceCopies.started
+            if publisher is not None:
+                publisher.submit(RecordType.PREVIEW, step, fields)
+
+    def flush(self, timeout: float = CLOSE_FLUSH_SECONDS) -> bool:
+        """Wait (bounded) until every step so far is in the ring."""
+        return self.publisher.flush(timeout) if self.publisher is not None else True
 
     def _apply_commands(self) -> None:
         with self._cond:
@@ -300,24 +304,24 @@ class Session:
                    preds_raw: Any = None) -> None:
         """Per-sample values of one signal; targets and predictions of the same batch share its ids."""
         n = len(self._fields)
-        self._fields.append((f"ids{SEP}{split}{SEP}{name}{SEP}{n}", stage(ids, I64)))
-        self._fields.append((f"sig{SEP}{split}{SEP}{name}{SEP}{n}", stage(values, F32)))
+        self._fields.append((f"ids{SEP}{split}{SEP}{name}{SEP}{n}", hold(ids, I64)))
+        self._fields.append((f"sig{SEP}{split}{SEP}{name}{SEP}{n}", hold(values, F32)))
         self._add_batch_values(split, n, targets, preds, preds_raw)
 
     @never_raises
     def add_scalar(self, name: str, value: Any) -> None:
-        self._fields.append((f"scalar{SEP}{name}{SEP}{len(self._fields)}", stage(value, F64)))
+        self._fields.append((f"scalar{SEP}{name}{SEP}{len(self._fields)}", hold(value, F64)))
 
     @never_raises
     def add_batch(self, split: str, ids: Any, targets: Any = None, preds: Any = None, preds_raw: Any = None) -> None:
         n = len(self._fields)
-        self._fields.append((f"bids{SEP}{split}{SEP}{n}", stage(ids, I64)))
+        self._fields.append((f"bids{SEP}{split}{SEP}{n}", hold(ids, I64)))
         self._add_batch_values(split, n, targets, preds, preds_raw)
 
     def _add_batch_values(self, split: str, serial: int, targets: Any, preds: Any, preds_raw: Any) -> None:
         for kind, values in (("tgt", targets), ("pred", preds), ("praw", preds_raw)):
             if values is not None:
-                self._fields.append((f"{kind}{SEP}{split}{SEP}{serial}", stage(values)))
+                self._fields.append((f"{kind}{SEP}{split}{SEP}{serial}", hold(values)))
 
     @never_raises
     def note_inputs(self, split: str, ids: Any, inputs: Any, targets: Any = None) -> None:
@@ -338,48 +342,14 @@ class Session:
         have[id_arr[need]] = True
         n = len(self._previews)
         self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[need].astype(np.int64))))
-        self._previews.append((f"x{SEP}{split}{SEP}{n}", stage(_take(inputs, need))))
+        self._previews.append((f"x{SEP}{split}{SEP}{n}", hold(_take(inputs, need))))
         if targets is not None:
-            self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", stage(_take(targets, need))))
+            self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", hold(_take(targets, need))))
 
-    def _emit(self, rtype: int, step: int, fields: Fields) -> None:
-        device = DeviceCopies.started != self._device_copies_seen
-        if self._inflight or (device and not all(s.ready() for _, s in fields)):
-            if len(self._inflight) >= MAX_INFLIGHT:
-                self._inflight.popleft()
-                self.dropped_inflight += 1
-            self._inflight.append((rtype, step, fields))
-            return
-        self._write(rtype, step, fields)
-
-    def _flush_inflight(self, wait: bool = False) -> None:
-        deadline = time.monotonic() + CLOSE_FLUSH_SECONDS
-        while self._inflight:
-            rtype, step, fields = self._inflight[0]
-            if not all(s.ready() for _, s in fields):
-                if not wait or time.monotonic() > deadline:
-                    return
-                time.sleep(0.001)
-                continue
-            self._inflight.popleft()
-            self._write(rtype, step, fields)
-
-    def _write(self, rtype: int, step: int, fields: Fields) -> None:
-        ring = self.ring
-        if ring is None:
-            return
-        prepared = records.prepare([(name, s.array()) for name, s in fields])
-        size = records.encoded_size(prepared)
-        view = ring.reserve(rtype, step, size)
-        if view is None:
-            if rtype == RecordType.PREVIEW:
-                self._unmark_previews(fields)  # dropped: offer these samples again later
-            return
-        if size >= WORDSUM_MIN:  # sum while copying: no second pass over a big record
-            ring.commit(records.encode_into(view, prepared, summing=True))
-        else:
-            records.encode_into(view, prepared)
-            ring.commit()
+    def _dropped(self, rtype: int, fields: Fields) -> None:
+        """The publisher could not write a record: previews in it are offered again later."""
+        if rtype == RecordType.PREVIEW:
+            self._unmark_previews(fields)
 
     def _unmark_previews(self, fields: Fields) -> None:
         for name, staged in fields:

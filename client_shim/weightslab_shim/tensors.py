@@ -41,15 +41,40 @@ class Staged:
         return np.asarray(host.numpy())
 
 
+class Lazy:
+    """A value kept as it is, converted to an array later, on the publisher's thread."""
+
+    __slots__ = ("_value", "_dtype")
+
+    def __init__(self, value: Any, dtype: Any) -> None:
+        self._value = value
+        self._dtype = dtype
+
+    def ready(self) -> bool:
+        return True
+
+    def nbytes(self) -> int:
+        value = self._value
+        if hasattr(value, "element_size"):
+            return int(value.element_size() * value.nelement())
+        return int(np.asarray(value).nbytes)
+
+    def array(self) -> np.ndarray:
+        return stage(self._value, self._dtype).array()
+
+
+def hold(value: Any, dtype: Any = None) -> Staged | Lazy:
+    """Keep `value` for the publisher: a CUDA tensor starts its device copy now, ordered on the
+    user's stream; anything else is converted later, off the training thread."""
+    torch = _torch()
+    if torch is not None and isinstance(value, torch.Tensor) and value.is_cuda:
+        return stage(value, dtype)
+    return Lazy(value, dtype)
+
+
 F32 = np.dtype(np.float32)
 F64 = np.dtype(np.float64)
 I64 = np.dtype(np.int64)
-
-
-class DeviceCopies:
-    """How many device->host copies were started: a step that started none needs no readiness check."""
-
-    started = 0
 
 
 def stage(value: Any, dtype: Any = None) -> Staged:
@@ -64,7 +89,6 @@ def stage(value: Any, dtype: Any = None) -> Staged:
         if not t.is_cuda:
             arr = t.numpy() if t.is_cpu else t.cpu().numpy()
             return Staged(arr if dtype is None or arr.dtype is dtype or arr.dtype == dtype else arr.astype(dtype))
-        DeviceCopies.started += 1
         if dtype is not None:
             t = t.to(_TORCH_DTYPES.get(np.dtype(dtype), t.dtype))
         # pin_memory goes through torch's caching host allocator: no cudaHostAlloc per step.

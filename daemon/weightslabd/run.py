@@ -24,8 +24,8 @@ import numpy as np
 import structlog
 
 from weightslab_shim import records, wire
+from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslab_shim.session import SEP
 
 from .framedlog import FramedLog
 from .history import SignalHistory

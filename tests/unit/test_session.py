@@ -36,6 +36,7 @@ def test_odd_values_are_left_out_and_never_raise(session: Session, capsys: pytes
     session.add_signal("broken", "train", np.arange(3), object())
     session.end_step(training=True)
     assert session.step == 1
+    assert session.flush(5)
     assert session.ring is not None
     reader = RingReader(session.ring.name)
     try:
