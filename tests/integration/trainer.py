@@ -55,8 +55,11 @@ def main() -> None:
         done += 1
         if args.step_sleep:
             time.sleep(args.step_sleep)
-    status = {"steps": wl.session().step, "lr": optimizer.param_groups[0]["lr"], "hparams": hp, "seen": seen,
-              "step_of": steps_at_start, "dropped": wl.session().ring.dropped if wl.session().ring else None}
+    session = wl.session()
+    session.flush()
+    dropped = (session.ring.dropped if session.ring else 0) + (session.publisher.dropped if session.publisher else 0)
+    status = {"steps": session.step, "lr": optimizer.param_groups[0]["lr"], "hparams": hp, "seen": seen,
+              "step_of": steps_at_start, "dropped": dropped}
     wl.close()
     with open(args.status, "w") as f:
         json.dump(status, f)
