@@ -242,8 +242,8 @@ class ShimLoop(WatchedLoop):
         self.attached_steps += self._attached()
 
     def report(self) -> dict[str, Any]:
-        ring = self.session.ring
-        result = {"dropped": (ring.dropped if ring else 0) + self.session.dropped_inflight,
+        self.session.flush()
+        result = {"dropped": self.session.dropped,
                   "attached_steps": self.attached_steps}
         self.wl.close()
         return result

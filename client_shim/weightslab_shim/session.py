@@ -149,10 +149,13 @@ class Session:
             "ring": {"name": ring.name, "capacity": ring.capacity} if ring else None,
         }
 
+    @property
+    def dropped(self) -> int:
+        """Records lost so far: the ring was full, or the publisher thread was behind."""
+        return (self.ring.dropped if self.ring else 0) + (self.publisher.dropped if self.publisher else 0)
+
     def _heartbeat(self) -> wire.Message:
-        ring = self.ring
-        return {"type": wire.HEARTBEAT, "step": self.step, "paused": self.paused,
-                "dropped": (ring.dropped if ring else 0) + (self.publisher.dropped if self.publisher else 0)}
+        return {"type": wire.HEARTBEAT, "step": self.step, "paused": self.paused, "dropped": self.dropped}
 
     def _on_message(self, msg: wire.Message) -> None:
         kind = msg["type"]

@@ -57,9 +57,8 @@ def main() -> None:
             time.sleep(args.step_sleep)
     session = wl.session()
     session.flush()
-    dropped = (session.ring.dropped if session.ring else 0) + (session.publisher.dropped if session.publisher else 0)
     status = {"steps": session.step, "lr": optimizer.param_groups[0]["lr"], "hparams": hp, "seen": seen,
-              "step_of": steps_at_start, "dropped": dropped}
+              "step_of": steps_at_start, "dropped": session.dropped}
     wl.close()
     with open(args.status, "w") as f:
         json.dump(status, f)
