@@ -21,6 +21,7 @@ import structlog
 
 from weightslab_shim.runtime import DAEMON_LOCK, ensure_private_dir
 
+from .audit import AuditLog
 from .config import Settings
 from .control import ControlServer
 from .logs import reopen_log_files
@@ -55,6 +56,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.registry: RunRegistry | None = None
         self.servicer: ExperimentServicer | None = None
+        self.audit: AuditLog | None = None
         self.supervisor = Supervisor()
 
     # -- boot ------------------------------------------------------------------------------------
@@ -74,7 +76,8 @@ class Daemon:
         self.control.recover_orphans()
         self.control.start()
         self.servicer = ExperimentServicer(self.registry, self.control)
-        self.grpc = build_server(s, self.servicer, credentials)
+        self.audit = AuditLog(s.audit_log_format, s.log_dir())
+        self.grpc = build_server(s, self.servicer, credentials, self.audit)
         self.grpc.server.start()
         self.grpc.set_serving(True)
         self._write_state()
@@ -149,6 +152,8 @@ class Daemon:
             self.servicer.stopping.set()
         if self.grpc is not None:
             self.grpc.stop(DRAIN_SECONDS)
+        if self.audit is not None:
+            self.audit.close()
         if self.control is not None:
             self.control.stop()
         if self.registry is not None:

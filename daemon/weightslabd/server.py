@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .audit import AuditInterceptor, AuditLog
 from .auth import TokenAuthInterceptor
 from .config import Settings
 from .proto import experiment_service_pb2_grpc as pb_grpc
@@ -42,8 +43,8 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def build_server(settings: Settings, servicer: ExperimentServicer,
-                 credentials: grpc.ServerCredentials | None) -> GrpcServer:
+def build_server(settings: Settings, servicer: ExperimentServicer, credentials: grpc.ServerCredentials | None,
+                 audit: AuditLog) -> GrpcServer:
     limit = settings.grpc_max_message_bytes
     options = [
         ("grpc.max_send_message_length", limit),
@@ -56,7 +57,9 @@ def build_server(settings: Settings, servicer: ExperimentServicer,
     ]
     server = grpc.server(
         ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="grpc"),
-        interceptors=[TokenAuthInterceptor(settings.auth_tokens())],
+        # Audit outermost, so it records the calls that auth refuses too.
+        interceptors=[AuditInterceptor(audit, settings.auth_tokens(), servicer.current_folder),
+                      TokenAuthInterceptor(settings.auth_tokens())],
         options=options,
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or WORKERS,
     )

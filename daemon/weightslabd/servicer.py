@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -75,6 +76,11 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         self.control = control
         self.cursors = ReaderCursors()
         self.stopping = threading.Event()
+
+    def current_folder(self) -> Path | None:
+        """Where the current experiment's files go (its audit log among them)."""
+        run = self.registry.current()
+        return run.folder if run is not None else None
 
     # -- training control --------------------------------------------------------------------
 
