@@ -3,6 +3,7 @@ honestly while reads go on, and storing resumes when space returns."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,3 +80,40 @@ def test_a_full_disk_refuses_edits_keeps_serving_and_recovers(env: dict[str, str
     finally:
         trainer.kill()
         daemon.stop()
+
+
+@pytest.mark.slow
+def test_twenty_daemon_kills_lose_nothing_acknowledged(daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
+    trainer = Trainer(env, tmp_path, "--steps", "4000", "--step-sleep", "0.002")
+    acknowledged: list[float] = []
+    try:
+        for cycle in range(20):
+            stub = daemon.stub()
+            wait_for(lambda: len(loss_steps(daemon)) > 0, 10, "the history")
+            lr = 0.001 * (cycle + 1)
+            reply = set_hparams(stub, learning_rate=lr)
+            assert reply.success, reply
+            acknowledged.append(lr)
+            daemon.kill(signal.SIGKILL)
+            assert trainer.proc.poll() is None, trainer.stderr()
+            daemon.start()
+        status = trainer.wait(120)
+    finally:
+        trainer.kill()
+    assert "Traceback" not in trainer.stderr()
+    assert status["lr"] == pytest.approx(acknowledged[-1])
+    assert hparams(daemon.stub())["learning_rate"] == pytest.approx(acknowledged[-1])
+    from weightslabd.framedlog import FramedLog
+
+    journal = FramedLog(run_folder(tmp_path) / "edits.journal")
+    entries = [json.loads(frame) for _, frame in journal.frames()]
+    journal.close()
+    journaled = [e["values"]["learning_rate"] for e in entries if e["kind"] == "hparams"]
+    assert journaled == pytest.approx(acknowledged, rel=1e-6)  # every acknowledged edit, in order
+    steps = loss_steps(daemon)
+    assert status["dropped"] == 0 and steps == list(range(4000))  # continuous: the ring held the gaps
+    from .harness import shm_segments
+
+    assert shm_segments(env) == []
+    assert sorted(os.listdir(env["WEIGHTSLAB_RUNTIME_DIR"])) == ["control.sock", "daemon.json", "daemon.lock",
+                                                                 "runs.json"]
