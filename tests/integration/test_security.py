@@ -72,3 +72,69 @@ def test_missing_tls_file_stops_the_boot_with_one_line(tls_env: dict[str, str], 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0] and "file not found" in lines[0], result.stderr
     assert not (Path(tls_env["WEIGHTSLAB_RUNTIME_DIR"]) / "daemon.json").exists()
+
+
+def expired_client(cert_dir: Path, out: Path) -> grpc.ChannelCredentials:
+    """A client certificate signed by the right CA that expired yesterday."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((cert_dir / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((cert_dir / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=30)).not_valid_after(now - dt.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return grpc.ssl_channel_credentials((cert_dir / "ca.crt").read_bytes(), pem_key,
+                                        cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_auth_matrix(tls_env: dict[str, str], tmp_path: Path) -> None:
+    """Each way in, refused or let through with the right status, and the audit log says who."""
+    import json
+
+    from .harness import run_folder
+
+    generate_certs(tmp_path / "other-ca")
+    daemon = Daemon(tls_env, tmp_path / "daemon.log").start()
+    try:
+        Trainer(tls_env, tmp_path, "--steps", "3").wait()
+        address = f"localhost:{tls_env['GRPC_BACKEND_PORT']}"
+        certs = tmp_path / "certs"
+        good = channel_credentials(certs)
+        token = (("x-grpc-auth-token", "first-token"),)
+        cases = [
+            ("no client certificate", channel_credentials(certs, client_cert=False), token, "UNAVAILABLE"),
+            ("client certificate of another CA", grpc.ssl_channel_credentials(
+                (certs / "ca.crt").read_bytes(), (tmp_path / "other-ca" / "client.key").read_bytes(),
+                (tmp_path / "other-ca" / "client.crt").read_bytes()), token, "UNAVAILABLE"),
+            ("expired client certificate", expired_client(certs, tmp_path), token, "UNAVAILABLE"),
+            ("no token", good, (), "UNAUTHENTICATED"),
+            ("wrong token", good, (("authorization", "Bearer nope"),), "UNAUTHENTICATED"),
+            ("first token", good, (("authorization", "Bearer first-token"),), "OK"),
+            ("second token", good, (("x-api-key", "second-token"),), "OK"),
+        ]
+        for what, credentials, metadata, expected in cases:
+            try:
+                call(address, credentials, metadata)
+                got = "OK"
+            except grpc.RpcError as exc:
+                got = exc.code().name
+            assert got == expected, what
+    finally:
+        daemon.stop()
+    lines = [json.loads(line) for line in (run_folder(tmp_path) / "audit.jsonl").read_text().splitlines()]
+    # TLS refusals end in the handshake, before any call exists to audit; the calls that reached the
+    # server are all there, each with the credential it used.
+    assert [(e["credential"], e["outcome"], e["client_cert"]) for e in lines] == [
+        ("none", "UNAUTHENTICATED", "weightslabd client"), ("invalid", "UNAUTHENTICATED", "weightslabd client"),
+        ("token#1", "OK", "weightslabd client"), ("token#2", "OK", "weightslabd client")]
