@@ -30,6 +30,7 @@ from .server import GrpcServer, build_server
 from .servicer import ExperimentServicer
 from .supervision import Supervisor
 from .tls import server_credentials
+from .watchdog import InflightCalls, Watchdog
 
 log = structlog.get_logger("weightslabd")
 STATE_FILE = "daemon.json"
@@ -57,6 +58,9 @@ class Daemon:
         self.registry: RunRegistry | None = None
         self.servicer: ExperimentServicer | None = None
         self.audit: AuditLog | None = None
+        self.calls = InflightCalls()
+        self.watchdog: Watchdog | None = None
+        self._credentials: grpc.ServerCredentials | None = None
         self.supervisor = Supervisor()
 
     # -- boot ------------------------------------------------------------------------------------
@@ -75,15 +79,44 @@ class Daemon:
                                      heartbeat_timeout=s.weightslab_heartbeat_timeout_seconds)
         self.control.recover_orphans()
         self.control.start()
-        self.servicer = ExperimentServicer(self.registry, self.control)
+        self.servicer = ExperimentServicer(self.registry, self.control, s.grpc_watchdog_stuck_seconds)
         self.audit = AuditLog(s.audit_log_format, s.log_dir())
-        self.grpc = build_server(s, self.servicer, credentials, self.audit)
+        self._credentials = credentials
+        self.grpc = build_server(s, self.servicer, credentials, self.audit, self.calls)
         self.grpc.server.start()
         self.grpc.set_serving(True)
+        if not s.weightslab_disable_watchdogs:
+            registry = self.registry
+            self.watchdog = Watchdog(
+                stuck_seconds=s.grpc_watchdog_stuck_seconds, interval=s.grpc_watchdog_interval_seconds,
+                restart_threshold=s.grpc_watchdog_restart_threshold,
+                details_limit=s.grpc_watchdog_inflight_details_limit, exit_on_stuck=s.grpc_watchdog_exit_on_stuck,
+                locks=lambda: [run.lock for run in list(registry.runs.values())], calls=self.calls,
+                restart=self.restart_grpc)
+            self.watchdog.start()
+            log.info("watchdog on", stuck_s=s.grpc_watchdog_stuck_seconds, every_s=s.grpc_watchdog_interval_seconds,
+                     restart_after=s.grpc_watchdog_restart_threshold, exit_on_stuck=s.grpc_watchdog_exit_on_stuck)
+        else:
+            log.info("watchdogs disabled (WEIGHTSLAB_DISABLE_WATCHDOGS)")
         self._write_state()
         self.supervisor.ready(f"serving gRPC on {self.grpc.address}")
         log.info("weightslabd ready", grpc=self.grpc.address, tls=credentials is not None,
                  control=self.control.endpoint, runs=len(self.registry.runs), pid=os.getpid())
+
+    def restart_grpc(self) -> None:
+        """A new gRPC server on the same address; clients reconnect by themselves."""
+        assert self.grpc is not None and self.servicer is not None and self.audit is not None
+        old = self.grpc
+        old.server.stop(1.0).wait(2.0)
+        port = old.port
+        settings = self.settings.model_copy(update={"grpc_backend_port": port})
+        self.calls = InflightCalls()
+        if self.watchdog is not None:
+            self.watchdog.replace_calls(self.calls)
+        self.grpc = build_server(settings, self.servicer, self._credentials, self.audit, self.calls)
+        self.grpc.server.start()
+        self.grpc.set_serving(True)
+        log.info("gRPC server restarted", grpc=self.grpc.address)
 
     def _tls_credentials(self) -> grpc.ServerCredentials | None:
         cfg = self.settings.tls()
@@ -148,6 +181,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.supervisor.stopping()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.servicer is not None:
             self.servicer.stopping.set()
         if self.grpc is not None:

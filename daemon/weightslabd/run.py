@@ -30,6 +30,7 @@ from weightslab_shim.ring import RecordType
 from .framedlog import FramedLog
 from .history import SignalHistory
 from .samples import SampleTable
+from .watchdog import WatchedLock
 
 STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring position
 log = structlog.get_logger("weightslabd.run")
@@ -66,7 +67,7 @@ class Run:
         self.folder = folder
         self.run_id: str = manifest["run_id"]
         self.manifest = manifest
-        self.lock = threading.RLock()
+        self.lock = WatchedLock(f"run {self.run_id}")  # the watchdog sees who holds it, and for how long
         self.samples = SampleTable()
         self.history = SignalHistory()
         self.hparams: dict[str, Any] = dict(manifest.get("hparams") or {})
@@ -74,7 +75,7 @@ class Run:
         self.step = int(manifest.get("step", 0))
         self.paused = bool(manifest.get("paused", False))
         self.dropped = 0
-        self.changed = threading.Condition(self.lock)
+        self.changed = threading.Condition(self.lock)  # type: ignore[arg-type]  # WatchedLock speaks its protocol
         self.last_position = -1
         self.pending: dict[str, PendingCommand] = {}
         self.unacked_edits: dict[int, dict[str, Any]] = {}

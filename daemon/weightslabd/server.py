@@ -13,6 +13,7 @@ from .auth import TokenAuthInterceptor
 from .config import Settings
 from .proto import experiment_service_pb2_grpc as pb_grpc
 from .servicer import ExperimentServicer
+from .watchdog import InflightCalls
 
 WORKERS = 16
 SERVICE = "ExperimentService"
@@ -44,7 +45,7 @@ def host_port(host: str, port: int) -> str:
 
 
 def build_server(settings: Settings, servicer: ExperimentServicer, credentials: grpc.ServerCredentials | None,
-                 audit: AuditLog) -> GrpcServer:
+                 audit: AuditLog, calls: InflightCalls) -> GrpcServer:
     limit = settings.grpc_max_message_bytes
     options = [
         ("grpc.max_send_message_length", limit),
@@ -59,7 +60,7 @@ def build_server(settings: Settings, servicer: ExperimentServicer, credentials: 
         ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="grpc"),
         # Audit outermost, so it records the calls that auth refuses too.
         interceptors=[AuditInterceptor(audit, settings.auth_tokens(), servicer.current_folder),
-                      TokenAuthInterceptor(settings.auth_tokens())],
+                      TokenAuthInterceptor(settings.auth_tokens()), calls],
         options=options,
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or WORKERS,
     )

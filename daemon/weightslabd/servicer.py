@@ -8,6 +8,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .proto import experiment_service_pb2 as pb
 from .proto import experiment_service_pb2_grpc as pb_grpc
 from .run import Run
 from .runs import RunRegistry
+from .watchdog import touch
 
 APPLY_WAIT = 2.0  # how long a hyperparameter edit waits for the trainer's ack before replying
 FETCH_WAIT = 1.0  # how long a read waits for the trainer's hyperparameters when they are not synced
@@ -36,6 +38,10 @@ HP_FIELDS = {
     "evaluation_config": "evaluation_config",
 }
 TOTAL_STEP_KEYS = ("total_training_steps", "training_steps_to_do", "training_left", "nb_steps")
+
+
+class StateBusy(Exception):
+    """The run's state lock could not be had in time."""
 
 
 class ReaderCursors:
@@ -71,7 +77,8 @@ def client_key(context: grpc.ServicerContext) -> str:
 
 
 class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
-    def __init__(self, registry: RunRegistry, control: ControlServer) -> None:
+    def __init__(self, registry: RunRegistry, control: ControlServer, lock_timeout: float = 60.0) -> None:
+        self.lock_timeout = lock_timeout  # GRPC_WATCHDOG_STUCK_SECONDS: past it, RESOURCE_EXHAUSTED
         self.registry = registry
         self.control = control
         self.cursors = ReaderCursors()
@@ -85,6 +92,23 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
     # -- training control --------------------------------------------------------------------
 
     def ExperimentCommand(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return self._command(request)
+        except StateBusy as busy:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(busy))
+
+    @contextmanager
+    def _holding(self, run: Run) -> Iterator[None]:
+        """The run's state lock, or StateBusy after GRPC_WATCHDOG_STUCK_SECONDS: never a hang."""
+        if not run.lock.acquire(timeout=self.lock_timeout):
+            raise StateBusy(f"the daemon's state for run {run.run_id} stayed busy for {self.lock_timeout:g}s; "
+                            "try again")
+        try:
+            yield
+        finally:
+            run.lock.release()
+
+    def _command(self, request: Any) -> Any:
         run = self.registry.current()
         if run is None:
             return pb.CommandResponse(success=False, message="no training run has attached to weightslabd yet")
@@ -102,14 +126,15 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         if request.get_hyper_parameters:
             if not self.control.hp_sync:
                 self._fetch_hparams(run)
-            response.hyper_parameters_descs.extend(hparam_descs(run))
+            with self._holding(run):
+                response.hyper_parameters_descs.extend(hparam_descs(run))
         return response
 
     def _fetch_hparams(self, run: Run) -> None:
         """Without per-step sync (WL_ENABLE_HP_SYNC=0), ask the trainer when the UI asks."""
         pending = self.control.send_command(run, "get_hparams", {})
         if pending is not None and pending.done.wait(FETCH_WAIT) and pending.ack and pending.ack.get("ok"):
-            with run.lock:
+            with self._holding(run):
                 run.hparams.update(pending.ack.get("hparams") or {})
 
     def _change_hparams(self, run: Run, hp: Any) -> Any:
@@ -148,7 +173,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         """Journal (fsync) first, then tell the trainer; reply with what is known after a bounded wait.
 
         Journal and queue under the run lock, so edits reach the trainer in journal order."""
-        with run.lock:
+        with self._holding(run):
             try:
                 seq = run.journal_edit(edit)
             except OSError as exc:
@@ -212,6 +237,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             if run is None:
                 self.stopping.wait(0.5)
                 continue
+            touch()  # waiting for news is not being stuck
             with run.changed:
                 if (run.run_id, run.history.version) == seen:
                     run.changed.wait(0.5)

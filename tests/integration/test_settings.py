@@ -183,3 +183,17 @@ def test_wl_test_timeout_is_the_hard_timeout_of_a_test(tmp_path: Path) -> None:
     done.set()
     assert result.returncode == 1
     assert "Timeout (>1.0s" in result.stdout
+
+
+@pytest.mark.parametrize("disabled", ["yes", "0"])
+def test_disable_watchdogs_turns_the_watchdog_off(tmp_path: Path, disabled: str) -> None:
+    daemon = start(base_env(tmp_path), tmp_path, WEIGHTSLAB_DISABLE_WATCHDOGS=disabled,
+                   GRPC_WATCHDOG_STUCK_SECONDS="7", GRPC_WATCHDOG_INTERVAL_SECONDS="0.5",
+                   GRPC_WATCHDOG_RESTART_THRESHOLD="4", GRPC_WATCHDOG_EXIT_ON_STUCK="on")
+    daemon.stop()
+    events = {e.get("event"): e for e in daemon.log_events()}
+    if disabled == "yes":
+        assert "watchdogs disabled (WEIGHTSLAB_DISABLE_WATCHDOGS)" in events and "watchdog on" not in events
+    else:
+        on = events["watchdog on"]
+        assert (on["stuck_s"], on["every_s"], on["restart_after"], on["exit_on_stuck"]) == (7.0, 0.5, 4, True)
