@@ -1,0 +1,105 @@
+"""The daemon's lifecycle under signals, its health service, and what it exposes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from weightslabd.proto import experiment_service_pb2 as pb
+
+from .harness import Daemon, Trainer, base_env, history, manifest, wait_for
+
+
+def test_sigterm_drains_streams_saves_state_and_exits_0_within_10_s(daemon: Daemon, env: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    trainer = Trainer(env, tmp_path, "--steps", "100000", "--step-sleep", "0.002")
+    try:
+        stub = daemon.stub()
+        wait_for(lambda: len(history(stub)) > 5, 10, "the first steps")
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(daemon.address))
+        assert health.Check(health_pb2.HealthCheckRequest(service="ExperimentService"), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        stream = stub.StreamStatus(pb.Empty(), timeout=30)
+        next(stream)
+        t0 = time.monotonic()
+        assert daemon.kill(signal.SIGTERM) == 0
+        assert time.monotonic() - t0 < 10
+        # The open stream ended cleanly instead of hanging the shutdown.
+        assert sum(1 for _ in stream) >= 0
+        assert manifest(tmp_path)["status"] == "detached"  # the trainer lives on; a new daemon re-attaches
+        assert trainer.proc.poll() is None
+        daemon.start()
+        wait_for(lambda: manifest(tmp_path)["status"] == "running", 5, "the trainer to re-attach")
+    finally:
+        trainer.kill()
+
+
+def test_sighup_reopens_the_log_file(env: dict[str, str], tmp_path: Path) -> None:
+    env["WEIGHTSLAB_LOG_TO_FILE"] = "1"
+    daemon = Daemon(env, tmp_path / "daemon.log").start()
+    try:
+        log_file = Path(env["WEIGHTSLAB_ROOT_LOG_DIR"]) / "weightslabd.log"
+        wait_for(log_file.exists, 5, "the log file")
+        rotated = log_file.with_suffix(".log.1")
+        log_file.rename(rotated)  # what logrotate does
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: log_file.exists() and "SIGHUP: log files reopened" in log_file.read_text(), 5,
+                 "a new log file")
+        assert "SIGHUP" not in rotated.read_text()
+    finally:
+        daemon.stop()
+
+
+def test_reflection_is_off_and_health_is_served(daemon: Daemon) -> None:
+    channel = grpc.insecure_channel(daemon.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    try:
+        list(reflect(iter([b""]), timeout=5))
+        raise AssertionError("reflection answered")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_grpc_verbosity_reaches_the_grpc_core(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    for level, expect in (("DEBUG", True), ("ERROR", False)):
+        env["GRPC_VERBOSITY"] = level
+        daemon = Daemon(env, tmp_path / f"daemon-{level}.log").start()
+        daemon.stop()
+        assert ("Log level DEBUG is not suitable for production" in daemon.log()) is expect
+
+
+METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ExperimentService"].methods]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(METHODS), body=st.binary(max_size=512))
+def test_random_bytes_to_every_rpc_get_an_error_not_a_crash(daemon: Daemon, method: str, body: bytes) -> None:
+    channel = grpc.insecure_channel(daemon.address)
+    service = pb.DESCRIPTOR.services_by_name["ExperimentService"]
+    streaming = service.methods_by_name[method].server_streaming
+    path = f"/ExperimentService/{method}"
+    call = channel.unary_stream(path) if streaming else channel.unary_unary(path)
+    try:
+        result = call(body, timeout=3)
+        if streaming:
+            for _ in zip(range(2), result, strict=False):
+                pass
+            result.cancel()
+    except grpc.RpcError as exc:
+        assert exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED,
+                              grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN), exc
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+
