@@ -108,6 +108,8 @@ def _csv_line(event: dict[str, str]) -> bytes:
 
 def describe_request(request: Any) -> str:
     """The request as one bounded line of protobuf text, secret fields masked."""
+    if isinstance(request, str):  # a CLI line
+        return request[:REQUEST_LIMIT]
     if not isinstance(request, Message):
         return ""
     masked = request

@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the daemon (the default)")
     sub.add_parser("config", help="print the effective settings and where each came from (secrets masked)")
+    cli = sub.add_parser("cli", help="talk to the running daemon: status, hyperparameters, pause, samples, tags")
+    cli.add_argument("-c", dest="command_line", action="append", default=[],
+                     help="run this command and exit (repeatable)")
     certs = sub.add_parser("certs", help="create a CA, a server pair and a client pair for TLS/mTLS")
     certs.add_argument("--dir", type=Path, help="where to write them (default: GRPC_TLS_CERT_DIR)")
     certs.add_argument("--host", action="append", default=[], help="extra host name for the server certificate")
@@ -45,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "certs":
             return _certs(settings, args)
+        if args.command == "cli":
+            from .cli_client import run as run_cli
+            from .daemon import read_state
+
+            return run_cli(settings, args.command_line, read_state(settings.runtime_dir()))
         return _serve(settings)
     except (ConfigError, TlsError, BindError) as exc:
         print(f"weightslabd: {exc}", file=sys.stderr)

@@ -249,7 +249,7 @@ class Settings(BaseSettings):
     )
     cli_port: Port = _setting(
         50051, _CLI,
-        "Port of the CLI inspection server; equal to GRPC_BACKEND_PORT (the default) serves the CLI on the "
+        "Port of the CLI inspection server; unset or equal to GRPC_BACKEND_PORT serves the CLI on the "
         "gRPC server itself, another port opens a separate line-protocol listener on CLI_HOST.",
     )
 
@@ -456,8 +456,11 @@ class Settings(BaseSettings):
         return [*self.auth_tokens(), *([key] if key else [])]
 
     def cli_shares_grpc_port(self) -> bool:
-        """True when the CLI is served by the gRPC server instead of its own listener."""
-        return self.cli_port == self.grpc_backend_port
+        """True when the CLI is served by the gRPC server instead of its own listener: CLI_PORT equal to
+        GRPC_BACKEND_PORT, or CLI_PORT not set at all (so moving the gRPC port moves the CLI with it)."""
+        if self.cli_port == self.grpc_backend_port:
+            return True
+        return "cli_port" not in self._sources and "cli_port" not in self.model_fields_set
 
     def runtime_dir(self, environ: Mapping[str, str] | None = None) -> Path:
         """The runtime directory, resolved exactly as the shim resolves it."""

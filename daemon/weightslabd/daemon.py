@@ -22,6 +22,7 @@ import structlog
 from weightslab_shim.runtime import DAEMON_LOCK, ensure_private_dir
 
 from .audit import AuditLog
+from .cli_server import CliCommands, LineServer
 from .config import Settings
 from .control import ControlServer
 from .logs import reopen_log_files
@@ -60,6 +61,8 @@ class Daemon:
         self.audit: AuditLog | None = None
         self.calls = InflightCalls()
         self.watchdog: Watchdog | None = None
+        self.cli: CliCommands | None = None
+        self.cli_server: LineServer | None = None
         self._credentials: grpc.ServerCredentials | None = None
         self.supervisor = Supervisor()
 
@@ -82,9 +85,19 @@ class Daemon:
         self.servicer = ExperimentServicer(self.registry, self.control, s.grpc_watchdog_stuck_seconds)
         self.audit = AuditLog(s.audit_log_format, s.log_dir())
         self._credentials = credentials
-        self.grpc = build_server(s, self.servicer, credentials, self.audit, self.calls)
+        self.cli = CliCommands(self.servicer)
+        shared = s.cli_shares_grpc_port()
+        self.grpc = build_server(s, self.servicer, credentials, self.audit, self.calls, self.cli if shared else None)
         self.grpc.server.start()
         self.grpc.set_serving(True)
+        if not shared:
+            try:
+                self.cli_server = LineServer(s.cli_host, s.cli_port, self.cli, s.auth_tokens(), self.audit,
+                                             self.servicer.current_folder)
+            except (OSError, ValueError) as exc:
+                raise BootError(f"CLI_HOST:CLI_PORT={s.cli_host}:{s.cli_port}: {exc}") from None
+            self.cli_server.start()
+            log.info("CLI listening", address=f"{s.cli_host}:{self.cli_server.port}")
         if not s.weightslab_disable_watchdogs:
             registry = self.registry
             self.watchdog = Watchdog(
@@ -113,7 +126,8 @@ class Daemon:
         self.calls = InflightCalls()
         if self.watchdog is not None:
             self.watchdog.replace_calls(self.calls)
-        self.grpc = build_server(settings, self.servicer, self._credentials, self.audit, self.calls)
+        self.grpc = build_server(settings, self.servicer, self._credentials, self.audit, self.calls,
+                                 self.cli if self.settings.cli_shares_grpc_port() else None)
         self.grpc.server.start()
         self.grpc.set_serving(True)
         log.info("gRPC server restarted", grpc=self.grpc.address)
@@ -139,7 +153,8 @@ class Daemon:
     def _write_state(self) -> None:
         assert self.grpc is not None and self.control is not None
         state = {"pid": os.getpid(), "grpc_address": self.grpc.address, "grpc_port": self.grpc.port,
-                 "control": self.control.endpoint}
+                 "control": self.control.endpoint,
+                 "cli_port": self.cli_server.port if self.cli_server is not None else self.grpc.port}
         tmp = self.runtime_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.runtime_dir / STATE_FILE)
@@ -187,6 +202,8 @@ class Daemon:
             self.servicer.stopping.set()
         if self.grpc is not None:
             self.grpc.stop(DRAIN_SECONDS)
+        if self.cli_server is not None:
+            self.cli_server.stop()
         if self.audit is not None:
             self.audit.close()
         if self.control is not None:

@@ -10,6 +10,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .audit import AuditInterceptor, AuditLog
 from .auth import TokenAuthInterceptor
+from .cli_server import CliCommands
+from .cli_server import grpc_handler as cli_handler
 from .config import Settings
 from .proto import experiment_service_pb2_grpc as pb_grpc
 from .servicer import ExperimentServicer
@@ -45,7 +47,7 @@ def host_port(host: str, port: int) -> str:
 
 
 def build_server(settings: Settings, servicer: ExperimentServicer, credentials: grpc.ServerCredentials | None,
-                 audit: AuditLog, calls: InflightCalls) -> GrpcServer:
+                 audit: AuditLog, calls: InflightCalls, cli: CliCommands | None = None) -> GrpcServer:
     limit = settings.grpc_max_message_bytes
     options = [
         ("grpc.max_send_message_length", limit),
@@ -65,6 +67,8 @@ def build_server(settings: Settings, servicer: ExperimentServicer, credentials: 
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or WORKERS,
     )
     pb_grpc.add_ExperimentServiceServicer_to_server(servicer, server)
+    if cli is not None:
+        server.add_generic_rpc_handlers((cli_handler(cli),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = host_port(settings.grpc_backend_host, settings.grpc_backend_port)

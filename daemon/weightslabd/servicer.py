@@ -120,7 +120,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
                                         ("remove_eval_from_denylist_operation", "eval", False)):
             if request.HasField(field):
                 op = getattr(request, field)
-                return self._deny(run, self._split_for(run, split_pick), list(op.sample_ids), deny,
+                return self.deny(run, self._split_for(run, split_pick), list(op.sample_ids), deny,
                                   accumulate=op.accumulate)
         response = pb.CommandResponse(success=True, message="")
         if request.get_hyper_parameters:
@@ -144,10 +144,26 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
                 values[key] = getattr(hp, field)
         if not values:
             return pb.CommandResponse(success=False, message="hyper_parameter_change sets no field")
+        return self.set_hparams(run, values)
+
+    def set_hparams(self, run: Run, values: dict[str, Any]) -> Any:
+        """Validate, journal and send a hyperparameter edit (the Studio's and the CLI's one path)."""
         problem = validate_hparams(values)
         if problem:
             return pb.CommandResponse(success=False, message=problem)
         return self._edit(run, {"kind": "hparams", "values": values}, "set_hparams", values)
+
+    def edit_tags(self, run: Run, split: str, ids: list[int], tags: list[str], mode: str) -> Any:
+        """Tags live in the daemon only: journaled (fsync) and applied, nothing for the trainer."""
+        if run.samples.get(split) is None:
+            return pb.CommandResponse(success=False, message=f"no split named {split!r} in run {run.run_id}")
+        with self._holding(run):
+            try:
+                run.journal_edit({"kind": "tags", "split": split, "ids": ids, "tags": tags, "mode": mode})
+            except OSError as exc:
+                return pb.CommandResponse(success=False,
+                                          message=f"edit not saved, nothing changed: {exc.strerror or exc}")
+        return pb.CommandResponse(success=True, message=f"{mode} {tags} on {len(ids)} samples")
 
     def _split_for(self, run: Run, which: str) -> str:
         names = list(run.samples.splits)
@@ -155,7 +171,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             return names[0] if names else "train"
         return next((n for n in names if n != (names[0] if names else None)), "eval")
 
-    def _deny(self, run: Run, split: str, ids: list[int], deny: bool, *, accumulate: bool = True) -> Any:
+    def deny(self, run: Run, split: str, ids: list[int], deny: bool, *, accumulate: bool = True) -> Any:
         table = run.samples.get(split)
         if table is None:
             return pb.CommandResponse(success=False, message=f"no split named {split!r} in run {run.run_id}")

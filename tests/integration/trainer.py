@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--mutate-hp-at", type=int, default=-1, help="the loop itself sets hp['custom_knob'] then")
     p.add_argument("--set-lr-at", type=int, default=-1, help="the loop itself sets the learning rate to 0.7 then")
+    p.add_argument("--until", help="run until this file exists (at most --steps steps)")
     args = p.parse_args()
 
     hp = wl.watch_or_edit({"learning_rate": 0.1, "training_steps_to_do": args.steps, "batch_size": args.batch},
@@ -40,7 +42,8 @@ def main() -> None:
     seen: list[list[int]] = []
     steps_at_start: list[int] = []
     done = 0
-    while done < args.steps:
+    stop = Path(args.until) if args.until else None
+    while done < args.steps and not (stop is not None and done % 50 == 0 and stop.exists()):
         with wl.guard_training_context:
             steps_at_start.append(wl.session().step)
             if wl.session().step == args.mutate_hp_at:

@@ -342,6 +342,7 @@ def test_cli_shares_the_grpc_port_by_default_only() -> None:
     assert Settings().cli_shares_grpc_port()
     assert not load_settings(None, {"CLI_PORT": "50052"}).cli_shares_grpc_port()
     assert load_settings(None, {"CLI_PORT": "50060", "GRPC_BACKEND_PORT": "50060"}).cli_shares_grpc_port()
+    assert load_settings(None, {"GRPC_BACKEND_PORT": "6000"}).cli_shares_grpc_port()  # unset CLI_PORT follows
 
 
 def test_runtime_dir_resolves_as_the_shim_does(tmp_path: Path) -> None:
