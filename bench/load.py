@@ -1,8 +1,8 @@
 """Load: Studio-like pollers against weightslabd while a trainer runs.
 
 Each poller is its own gRPC connection doing what an open Studio tab does, faster: hyperparameters
-(ExperimentCommand), new plot points (GetLatestLoggerData, incremental, after one full read reduced to 1000 points per curve) and the
-splits, every 100 ms.
+(ExperimentCommand), new plot points (GetLatestLoggerData, incremental, after one full read reduced
+to 1000 points per curve) and the splits, every 100 ms.
 Reported: unary latency p50/p99 over all calls, and the trainer's median step time with 0 and with N
 pollers, measured in the same run (the trainer prints the wall time of every step).
 

@@ -22,7 +22,9 @@ from . import wire
 
 HELLO_EVERY = 0.2  # seconds between hellos while detached: re-attach well within a second
 HEARTBEAT_EVERY = 0.25
-SILENT_AFTER = 1.0  # no reply for this long: the daemon is gone
+# No reply for this long: the daemon is gone. A restarted daemon answers our heartbeats with WHO at
+# once, so this only decides how long a busy daemon may take to answer, not how fast we re-attach.
+SILENT_AFTER = 3.0
 POLL_MS = 10
 WARN_AFTER = 2.0  # first warning about a missing daemon
 REJECTED_RETRY = 5.0

@@ -223,12 +223,14 @@ class ControlServer:
         run_id, pid, ring = str(msg["run_id"]), int(msg["pid"]), msg.get("ring") or {}
         ring_name = str(ring["name"])
         for other in [a for a in self.attachments.values() if a.run.run_id == run_id]:
-            del self.attachments[other.identity]  # the same trainer on a new connection
-            if other.drain.reader.name == ring_name:
+            if other.drain.reader.name == ring_name:  # the same trainer saying hello again
+                self.attachments[identity] = other  # add before removing: senders never see it missing
+                if other.identity != identity:
+                    self.attachments.pop(other.identity, None)
                 other.identity, other.last_seen = identity, time.monotonic()
-                self.attachments[identity] = other
                 self._welcome(identity, other.run)
                 return
+            self.attachments.pop(other.identity, None)
             other.drain.stop(final_drain=True, unlink=False)
         try:
             reader = RingReader(ring_name)

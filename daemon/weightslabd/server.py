@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .audit import AuditInterceptor, AuditLog
@@ -17,12 +20,44 @@ from .proto import experiment_service_pb2_grpc as pb_grpc
 from .servicer import ExperimentServicer
 from .watchdog import InflightCalls
 
+log = structlog.get_logger("weightslabd.server")
 WORKERS = 16
 SERVICE = "ExperimentService"
 
 
 class BindError(Exception):
     """The gRPC address could not be bound."""
+
+
+class StrictDecoding(grpc.ServerInterceptor):
+    """Requests are decoded inside the handler, where the peer is known: a malformed one is logged
+    with the peer and answered INVALID_ARGUMENT, instead of grpc's anonymous INTERNAL."""
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None or (
+                handler.unary_unary is None and handler.unary_stream is None):
+            return handler
+        decode = handler.request_deserializer
+        method = details.method
+
+        def parsed(raw: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                return decode(raw)
+            except Exception as exc:  # noqa: BLE001 - whatever the bytes, a clear refusal
+                log.error("malformed request rejected", method=method, peer=context.peer(), bytes=len(raw),
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method.rsplit('/', 1)[-1]} request")
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+            return grpc.unary_unary_rpc_method_handler(lambda raw, ctx: inner_uu(parsed(raw, ctx), ctx), None,
+                                                       handler.response_serializer)
+        inner_us = handler.unary_stream
+        assert inner_us is not None
+        return grpc.unary_stream_rpc_method_handler(lambda raw, ctx: inner_us(parsed(raw, ctx), ctx), None,
+                                                    handler.response_serializer)
 
 
 @dataclass
@@ -60,8 +95,9 @@ def build_server(settings: Settings, servicer: ExperimentServicer, credentials: 
     ]
     server = grpc.server(
         ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="grpc"),
-        # Audit outermost, so it records the calls that auth refuses too.
-        interceptors=[AuditInterceptor(audit, settings.auth_tokens(), servicer.current_folder),
+        # Decoding first (a malformed request is refused with its peer named), then audit, so it records
+        # the calls that auth refuses too, then auth, then the watchdog's in-flight tracking.
+        interceptors=[StrictDecoding(), AuditInterceptor(audit, settings.auth_tokens(), servicer.current_folder),
                       TokenAuthInterceptor(settings.auth_tokens()), calls],
         options=options,
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or WORKERS,
