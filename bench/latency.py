@@ -32,7 +32,7 @@ from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support.daemon import free_port, scratch_dir  # noqa: E402
+from support.daemon import daemon_env, scratch_dir  # noqa: E402
 
 TRAINER = textwrap.dedent("""
     import sys, time
@@ -115,9 +115,7 @@ def main() -> None:
     if args.quick:
         args.resumes, args.restarts = 5, 2
     with scratch_dir("wl-bench-latency-") as root:
-        env = dict(os.environ, WEIGHTSLAB_RUNTIME_DIR=str(root / "rt"), GRPC_TLS_ENABLED="0",
-                   GRPC_BACKEND_HOST="127.0.0.1", GRPC_BACKEND_PORT=str(free_port()),
-                   WEIGHTSLAB_ROOT_LOG_DIR=str(root / "logs"), PYTHONUNBUFFERED="1")
+        env = daemon_env(root)
         log = root / "daemon.log"
         daemon = start_daemon(env, log)
         trainer = subprocess.Popen([sys.executable, "-c", TRAINER], env=env, stdout=subprocess.PIPE, text=True)

@@ -29,7 +29,7 @@ from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import TRAINER, Steps, start_daemon  # noqa: E402
-from support.daemon import free_port, scratch_dir  # noqa: E402
+from support.daemon import daemon_env, scratch_dir  # noqa: E402
 
 GOAL_P99_MS = 50.0
 
@@ -70,9 +70,7 @@ def main() -> None:
     if args.quick:
         args.seconds = 4.0
     with scratch_dir("wl-bench-load-") as root:
-        env = dict(os.environ, WEIGHTSLAB_RUNTIME_DIR=str(root / "rt"), GRPC_TLS_ENABLED="0",
-                   GRPC_BACKEND_HOST="127.0.0.1", GRPC_BACKEND_PORT=str(free_port()),
-                   WEIGHTSLAB_ROOT_LOG_DIR=str(root / "logs"), PYTHONUNBUFFERED="1")
+        env = daemon_env(root)
         daemon = start_daemon(env, root / "daemon.log")
         trainer = subprocess.Popen([sys.executable, "-c", TRAINER], env=env, stdout=subprocess.PIPE, text=True)
         steps = Steps(trainer)

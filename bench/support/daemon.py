@@ -33,13 +33,18 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def daemon_env(root: Path, runtime: Path | None = None) -> dict[str, str]:
+    """The environment of a private daemon under `root` (and of the trainers that attach to it)."""
+    return dict(os.environ, WEIGHTSLAB_RUNTIME_DIR=str(runtime or root / "rt"), GRPC_TLS_ENABLED="0",
+                GRPC_BACKEND_HOST="127.0.0.1", GRPC_BACKEND_PORT=str(free_port()),
+                WEIGHTSLAB_ROOT_LOG_DIR=str(root / "logs"), PYTHONUNBUFFERED="1")
+
+
 @contextmanager
 def running_daemon(root: Path, runtime: Path | None = None) -> Iterator[Path]:
     """Start weightslabd under `root`, wait for its daemon.json, yield its runtime dir, then SIGTERM it."""
     runtime = runtime or root / "rt"
-    env = dict(os.environ, WEIGHTSLAB_RUNTIME_DIR=str(runtime), GRPC_TLS_ENABLED="0",
-               GRPC_BACKEND_HOST="127.0.0.1", GRPC_BACKEND_PORT=str(free_port()),
-               WEIGHTSLAB_ROOT_LOG_DIR=str(root / "logs"))
+    env = daemon_env(root, runtime)
     log_path = root / "daemon.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(DAEMON)], env=env, stdout=log, stderr=subprocess.STDOUT)
