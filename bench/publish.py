@@ -117,7 +117,7 @@ def measure_publish(session: Session, label: str, n: int, as_torch: bool, iterat
         return drops
 
     def dropped() -> int:
-        return session.dropped
+        return int(session.dropped)
 
     def caught_up() -> None:
         session.flush(DRAIN_TIMEOUT)  # the publisher thread has written everything into the ring
