@@ -32,7 +32,7 @@ from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support.daemon import daemon_env, scratch_dir  # noqa: E402
+from support.daemon import daemon_env, scratch_dir, wait_rings_gone  # noqa: E402
 
 TRAINER = textwrap.dedent("""
     import sys, time
@@ -144,6 +144,7 @@ def main() -> None:
         finally:
             trainer.kill()
             trainer.wait()
+            wait_rings_gone(Path(env["WEIGHTSLAB_RUNTIME_DIR"]))  # before the daemon goes: no leftovers
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(15)
     print(f"\nControl latencies ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f})")

@@ -29,7 +29,7 @@ from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import TRAINER, Steps, start_daemon  # noqa: E402
-from support.daemon import daemon_env, scratch_dir  # noqa: E402
+from support.daemon import daemon_env, scratch_dir, wait_rings_gone  # noqa: E402
 
 GOAL_P99_MS = 50.0
 
@@ -97,6 +97,7 @@ def main() -> None:
         finally:
             trainer.kill()
             trainer.wait()
+            wait_rings_gone(Path(env["WEIGHTSLAB_RUNTIME_DIR"]))  # before the daemon goes: no leftovers
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(15)
     quiet, loaded = step_ms(steps, quiet_from, loaded_from), step_ms(steps, loaded_from, loaded_until)

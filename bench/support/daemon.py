@@ -63,3 +63,16 @@ def running_daemon(root: Path, runtime: Path | None = None) -> Iterator[Path]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def wait_rings_gone(runtime: Path, timeout: float = 5.0) -> bool:
+    """After killing a trainer: the daemon notices (pid gone), drains and unlinks its ring."""
+    from weightslab_shim.ring import list_rings
+    from weightslab_shim.runtime import ring_prefix
+
+    deadline = time.monotonic() + timeout
+    while list_rings(ring_prefix(runtime)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
