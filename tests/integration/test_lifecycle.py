@@ -106,3 +106,19 @@ def test_random_bytes_to_every_rpc_get_an_error_not_a_crash(daemon: Daemon, meth
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
 
+
+
+def test_sigterm_turns_health_not_serving_before_the_server_stops(daemon: Daemon) -> None:
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(daemon.address))
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="ExperimentService"), timeout=20)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    statuses = []
+    try:
+        for update in watch:
+            statuses.append(update.status)
+    except grpc.RpcError:
+        pass  # the server went away after saying so
+    assert statuses[:1] == [health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert daemon.proc.wait(15) == 0
