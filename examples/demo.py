@@ -51,9 +51,11 @@ def main() -> int:
         address = f"localhost:{state['grpc_port']}"
         print(f"\nweightslabd is serving gRPC (mTLS) on {address}; runs are saved in {STATE / 'runs'}\n")
         trainer = subprocess.Popen([sys.executable, str(HERE / "train_cnn.py"), "--steps", str(args.steps)], env=env)
-        stub = pb_grpc.ExperimentServiceStub(grpc.secure_channel(address, channel_credentials(certs)))
+        channel = grpc.secure_channel(address, channel_credentials(certs))
+        stub = pb_grpc.ExperimentServiceStub(channel)
         watch(stub, trainer)
         rc = trainer.wait()
+        suspects(channel)
         summary(stub, settings.grpc_backend_port, certs, runtime_dir)
         if args.keep_serving:
             print("serving until Ctrl-C ...")
@@ -99,6 +101,21 @@ def watch(stub: pb_grpc.ExperimentServiceStub, trainer: subprocess.Popen[bytes])
             print(f"[daemon sees] {view}")
 
 
+def suspects(channel: grpc.Channel) -> None:
+    """The samples with the highest last loss, asked through the CLI method: the ones to look at."""
+    cli = channel.unary_unary("/weightslabd.Cli/Execute", request_serializer=str.encode,
+                              response_deserializer=bytes.decode)
+    reply = json.loads(cli("samples train train-loss-CE 8", timeout=10))
+    if not reply.get("ok"):
+        print(f"[daemon] {reply.get('error')}")
+        return
+    print("\nhighest last loss (weightslabd cli: samples train train-loss-CE 8):")
+    for s in reply["samples"]:
+        print(f"  sample {s['id']:>5}  loss {s['train-loss-CE']:.3f}  label {s['label']:.0f}  "
+              f"predicted {s['prediction']:.0f}  seen {s['encounters']}x")
+    print("  (the example flips 10% of the labels on purpose: these are where they show)")
+
+
 def summary(stub: pb_grpc.ExperimentServiceStub, port: int, certs: Path, runtime_dir: Path) -> None:
     hp = stub.ExperimentCommand(pb.TrainerCommand(get_hyper_parameters=True), timeout=5)
     values = {d.name: (d.string_value or d.numerical_value) for d in hp.hyper_parameters_descs}
@@ -108,6 +125,7 @@ def summary(stub: pb_grpc.ExperimentServiceStub, port: int, certs: Path, runtime
     print(f"  runs on disk: {STATE / 'runs'}  (manifest.json, signals.log, edits.journal)")
     print(f"  runtime directory (control socket): {runtime_dir}")
     print("  effective settings: weightslabd config")
+    print(f"  the CLI: GRPC_TLS_CERT_DIR={certs} weightslabd cli   (with --keep-serving)")
     print("  your own script attaches the same way: `import weightslab_shim as wl` (see README)")
 
 

@@ -200,6 +200,7 @@ class ControlServer:
         if kind == wire.HEARTBEAT:
             # No run lock here: an fsync in progress must not delay the answer every trainer waits for.
             run.paused = bool(msg.get("paused", run.paused))
+            run.step = max(run.step, int(msg.get("step", 0)))  # completed training steps
             run.dropped = max(run.dropped, int(msg.get("dropped", 0)))
             run.manifest["status"] = "paused" if run.paused else "running"
             self._send(sock, identity, {"type": wire.PONG})
@@ -212,6 +213,7 @@ class ControlServer:
                 run.hparams.update(dict(msg.get("hparams") or {}))
             run.save_manifest()
         elif kind == wire.END:
+            run.step = max(run.step, int(msg.get("step", 0)))
             self._detach(att, status="ended", unlink=True)
             self._send(sock, identity, {"type": wire.END_OK})
             log.info("trainer finished", sender=att.label, step=msg.get("step"))

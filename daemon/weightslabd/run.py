@@ -206,7 +206,7 @@ class Run:
             if finite.size == 0:
                 continue
             self.history.append(name, step, float(finite.mean()), float(finite.min()), float(finite.max()), stamp)
-        self.step = max(self.step, step + 1)
+        self.step = max(self.step, step)  # the trainer's own count (heartbeats, end) is exact
 
     def _curve_name(self, signal: str, split: str) -> str:
         """A signal keeps its own name on the first split it is seen on; other splits add theirs."""

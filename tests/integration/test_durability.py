@@ -83,6 +83,7 @@ def test_a_full_disk_refuses_edits_keeps_serving_and_recovers(env: dict[str, str
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # twenty daemon starts: longer than WL_TEST_TIMEOUT's default on a loaded machine
 def test_twenty_daemon_kills_lose_nothing_acknowledged(daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
     stop = tmp_path / "stop"
     trainer = Trainer(env, tmp_path, "--steps", "1000000", "--step-sleep", "0.002", "--until", str(stop))
