@@ -66,8 +66,9 @@ _W, _R, _DROPPED, _DROPPED_BYTES, _WRITTEN, _CLOSED = 16, 24, 32, 33, 34, 35
 
 class RecordType:
     PAD = 0
-    STEP = 1
+    STEP = 1  # a training step: its step is the step's index (the model age before its update)
     PREVIEW = 2
+    EVAL = 3  # an evaluation at a model age: its step is the number of training steps completed
 
 
 class RingError(Exception):

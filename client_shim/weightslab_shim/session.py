@@ -216,7 +216,7 @@ class Session:
         if self._fields:
             fields, self._fields = self._fields, []
             if publisher is not None:
-                publisher.submit(RecordType.STEP, step, fields)
+                publisher.submit(RecordType.STEP if training else RecordType.EVAL, step, fields)
         if self._previews:
             fields, self._previews = self._previews, []
             if publisher is not None:

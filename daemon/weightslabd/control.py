@@ -200,7 +200,6 @@ class ControlServer:
         if kind == wire.HEARTBEAT:
             # No run lock here: an fsync in progress must not delay the answer every trainer waits for.
             run.paused = bool(msg.get("paused", run.paused))
-            run.step = max(run.step, int(msg.get("step", 0)))  # completed training steps
             run.dropped = max(run.dropped, int(msg.get("dropped", 0)))
             run.manifest["status"] = "paused" if run.paused else "running"
             self._send(sock, identity, {"type": wire.PONG})
@@ -245,6 +244,7 @@ class ControlServer:
         drain = RingDrain(reader, run, f"pid {pid} run {run_id}")
         att = Attachment(identity, run, pid, drain, time.monotonic())
         self.attachments[identity] = att
+        self.registry.make_current(run_id)
         drain.start()
         log.info("trainer attached", sender=att.label, ring=ring_name, folder=str(run.folder),
                  splits=msg.get("splits"), backlog_bytes=reader.pending())

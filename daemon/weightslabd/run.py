@@ -34,6 +34,7 @@ from .watchdog import WatchedLock
 
 STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring position
 log = structlog.get_logger("weightslabd.run")
+SIGNAL_RECORDS = frozenset({RecordType.STEP, RecordType.EVAL})
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -127,7 +128,7 @@ class Run:
 
     def _replay_record(self, offset: int, frame: bytes) -> None:
         rtype, step, stamp, position = STORED.unpack_from(frame)
-        fields = records.decode(memoryview(frame)[STORED.size:]) if rtype == RecordType.STEP else {}
+        fields = records.decode(memoryview(frame)[STORED.size:]) if rtype in SIGNAL_RECORDS else {}
         self._apply(rtype, step, fields, stamp, position)
 
     def close(self) -> None:
@@ -158,7 +159,7 @@ class Run:
 
     def _apply(self, rtype: int, step: int, fields: dict[str, np.ndarray], stamp: int, position: int) -> None:
         self.last_position = max(self.last_position, position)
-        if rtype != RecordType.STEP:
+        if rtype not in SIGNAL_RECORDS:
             return
         curves: dict[str, list[np.ndarray]] = {}
         batches: dict[tuple[str, str], dict[str, np.ndarray]] = {}
@@ -206,7 +207,9 @@ class Run:
             if finite.size == 0:
                 continue
             self.history.append(name, step, float(finite.mean()), float(finite.min()), float(finite.max()), stamp)
-        self.step = max(self.step, step)  # the trainer's own count (heartbeats, end) is exact
+        # Model age: training steps completed, as far as the records applied so far tell (it follows
+        # ingest, like the curves). A training record's step is its index; an evaluation's the count.
+        self.step = max(self.step, step + 1 if rtype == RecordType.STEP else step)
 
     def _curve_name(self, signal: str, split: str) -> str:
         """A signal keeps its own name on the first split it is seen on; other splits add theirs."""

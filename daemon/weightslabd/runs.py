@@ -73,7 +73,6 @@ class RunRegistry:
                     })
                 self.runs[run_id] = run
                 self._save_index()
-            self.current_id = run_id
         run.manifest.update(pid=hello.get("pid"), status="paused" if hello.get("paused") else "running",
                             ring=(hello.get("ring") or {}).get("name"))
         with run.lock:
@@ -83,6 +82,12 @@ class RunRegistry:
             run.paused = bool(hello.get("paused", False))
         run.save_manifest()
         return run
+
+    def make_current(self, run_id: str) -> None:
+        """The run the UI sees: set once its trainer is reachable, so an edit never finds it missing."""
+        with self._lock:
+            if run_id in self.runs:
+                self.current_id = run_id
 
     def current(self) -> Run | None:
         with self._lock:

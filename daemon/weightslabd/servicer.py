@@ -26,7 +26,7 @@ from .runs import RunRegistry
 from .watchdog import touch
 
 APPLY_WAIT = 2.0  # how long a hyperparameter edit waits for the trainer's ack before replying
-FETCH_WAIT = 1.0  # how long a read waits for the trainer's hyperparameters when they are not synced
+FETCH_WAIT = 2.0  # how long a read waits for the trainer's hyperparameters when they are not synced
 CURSOR_IDLE = 600.0
 # HyperParameters field -> the trainer's hyperparameter key
 HP_FIELDS = {

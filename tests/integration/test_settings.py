@@ -82,7 +82,7 @@ def test_hp_sync_sends_hyperparameters_with_steps_or_only_on_demand(tmp_path: Pa
         stub = daemon.stub()
         wait_for(lambda: len(history(stub)) > 30, 10, "steps after the trainer changed its hyperparameters")
         # While the trainer runs, the UI sees the change either way: synced, or fetched on demand.
-        assert hparams(stub).get("custom_knob") == 20
+        wait_for(lambda: hparams(stub).get("custom_knob") == 20, 10, "the trainer's own change to show")
         trainer.kill()
         # What crossed the ring: with sync, the steps carried the hyperparameters; without, none did.
         assert (hp_fields_in_store(tmp_path) > 0) is (sync == "1")
