@@ -28,7 +28,7 @@ from .publisher import Publisher
 from .records import SEP
 from .ring import RecordType, RingWriter
 from .runtime import CONTROL_SOCKET, control_endpoint, resolve_runtime_dir, ring_prefix
-from .tensors import F32, F64, I64, Lazy, Staged, hold, to_numpy
+from .tensors import F32, F64, I64, Lazy, Staged, hold, nbytes_of, to_numpy
 
 RING_MB_DEFAULT = 32
 PREVIEWS_PER_STEP = 64
@@ -337,7 +337,7 @@ class Session:
         need = np.flatnonzero(in_range & ~have[np.clip(id_arr, 0, have.size - 1)])[:PREVIEWS_PER_STEP]
         if need.size == 0 or self.ring is None:
             return
-        per_sample = max(1, _nbytes(inputs) // max(1, len(id_arr)))
+        per_sample = max(1, nbytes_of(inputs) // max(1, len(id_arr)))
         budget = self.ring.max_record // PREVIEW_BYTES_SHARE - sum(s.nbytes() for _, s in self._previews)
         need = need[: max(0, budget // per_sample)]
         if need.size == 0:
@@ -401,11 +401,6 @@ def _take(values: Any, idx: np.ndarray) -> Any:
         return values[index]
     return np.asarray(values)[idx]
 
-
-def _nbytes(values: Any) -> int:
-    if hasattr(values, "element_size"):
-        return int(values.element_size() * values.nelement())
-    return int(np.asarray(values).nbytes)
 
 
 def _jsonable(value: Any) -> Any:

@@ -31,8 +31,7 @@ class Staged:
         return self._event is None or bool(self._event.query())
 
     def nbytes(self) -> int:
-        host = self._host
-        return int(host.nbytes) if isinstance(host, np.ndarray) else int(host.element_size() * host.nelement())
+        return nbytes_of(self._host)
 
     def array(self) -> np.ndarray:
         host = self._host
@@ -54,10 +53,7 @@ class Lazy:
         return True
 
     def nbytes(self) -> int:
-        value = self._value
-        if hasattr(value, "element_size"):
-            return int(value.element_size() * value.nelement())
-        return int(np.asarray(value).nbytes)
+        return nbytes_of(self._value)
 
     def array(self) -> np.ndarray:
         return stage(self._value, self._dtype).array()
@@ -130,5 +126,8 @@ def to_numpy(value: Any, dtype: Any = None) -> np.ndarray:
     return staged.array()
 
 
-def ids_array(value: Any) -> np.ndarray:
-    return to_numpy(value).astype(np.int64, copy=False).reshape(-1)
+def nbytes_of(value: Any) -> int:
+    """Size in bytes of a tensor or array-like, without copying a tensor to the host."""
+    if hasattr(value, "element_size"):
+        return int(value.element_size() * value.nelement())
+    return int(np.asarray(value).nbytes)

@@ -303,9 +303,6 @@ class ControlServer:
 
     # -- called from other threads ------------------------------------------------------------------
 
-    def attached(self, run_id: str) -> bool:
-        return any(a.run.run_id == run_id for a in list(self.attachments.values()))
-
     def send_command(self, run: Run, op: str, args: dict[str, Any], *, edit_seq: int = 0) -> PendingCommand | None:
         """Queue a command for the run's trainer; None when no trainer is attached."""
         att = next((a for a in list(self.attachments.values()) if a.run is run), None)
