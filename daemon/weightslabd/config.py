@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from weightslab_shim.runtime import resolve_runtime_dir
 
+from .cors import parse_origins
+
 if TYPE_CHECKING:  # tls imports grpc, which must not load before GRPC_VERBOSITY is applied
     from .tls import TlsConfig, TlsEnv
 
@@ -151,6 +153,10 @@ def _token(value: Any) -> str:
     return text
 
 
+def _origins(value: Any) -> str:
+    return ",".join(parse_origins(_text(value)))
+
+
 def _unset_or(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Empty text means unset, so `VAR=` in a file behaves like a missing line."""
 
@@ -167,6 +173,9 @@ Flag = Annotated[bool, Rule(_ACCEPTS_FLAG, _flag)]
 # 0 asks the OS for a free port; the one chosen is logged and written to <runtime dir>/daemon.json.
 Port = Annotated[int, Rule("an integer port 0..65535 (0 = any free port)", _integer(0, 65535))]
 Host = Annotated[str, Rule("a host name or IP address without spaces", _host)]
+GRPC_WEB_OFF = -1  # WEIGHTSLAB_GRPC_WEB_PORT value that turns the gRPC-Web endpoint off
+WebPort = Annotated[int, Rule("an integer port 0..65535 (0 = any free port), or -1 (off)", _integer(-1, 65535))]
+Origins = Annotated[str, Rule("comma-separated origins scheme://host[:port], scheme://host:* or *", _origins)]
 Positive = Annotated[int, Rule("an integer >= 1", _integer(1))]
 NonNegative = Annotated[int, Rule("an integer >= 0", _integer(0))]
 Seconds = Annotated[float, Rule("a number of seconds > 0", _number(0, inclusive=False))]
@@ -427,6 +436,22 @@ class Settings(BaseSettings):
         1.5, _ADDITIONS,
         "Seconds without a heartbeat from a trainer after which the daemon checks whether its process is "
         "gone and, if so, closes the run.",
+    )
+    weightslab_grpc_web_host: Host = _setting(
+        "127.0.0.1", _ADDITIONS,
+        "Address the built-in gRPC-Web endpoint (the Studio's browser calls, no Envoy needed) binds to; "
+        "it speaks plain HTTP, so an address other than loopback is refused unless GRPC_AUTH_TOKEN or "
+        "GRPC_AUTH_TOKENS is set.",
+    )
+    weightslab_grpc_web_port: WebPort = _setting(
+        8080, _ADDITIONS,
+        "Port of the built-in gRPC-Web endpoint, where the Studio looks (http://localhost:8080); 0 picks "
+        "any free port (written to <runtime dir>/daemon.json), -1 turns the endpoint off.",
+    )
+    weightslab_grpc_web_allowed_origins: Origins = _setting(
+        "http://localhost:*,http://127.0.0.1:*,http://[::1]:*", _ADDITIONS,
+        "Browser origins allowed to call the gRPC-Web endpoint (CORS), comma-separated: scheme://host[:port], "
+        "scheme://host:* for any port, or * for any origin; a request from any other origin is refused.",
     )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +26,7 @@ from .watchdog import InflightCalls
 log = structlog.get_logger("weightslabd.server")
 WORKERS = 16
 SERVICE = "ExperimentService"
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
 
 
 class BindError(Exception):
@@ -82,7 +86,10 @@ def host_port(host: str, port: int) -> str:
 
 
 def build_server(settings: Settings, servicer: ExperimentServicer, credentials: grpc.ServerCredentials | None,
-                 audit: AuditLog, calls: InflightCalls, cli: CliCommands | None = None) -> GrpcServer:
+                 audit: AuditLog, calls: InflightCalls, cli: CliCommands | None = None,
+                 web_socket: Path | None = None) -> GrpcServer:
+    """The server on GRPC_BACKEND_HOST:PORT; with `web_socket`, also on that unix socket, without TLS (its
+    folder is the private runtime dir), for the built-in gRPC-Web bridge: same servicer, same interceptors."""
     limit = settings.grpc_max_message_bytes
     options = [
         ("grpc.max_send_message_length", limit),
@@ -115,6 +122,23 @@ def build_server(settings: Settings, servicer: ExperimentServicer, credentials: 
         raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={address}: cannot listen ({exc})") from None
     if port == 0:
         raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={address}: cannot listen (address in use?)")
+    if web_socket is not None:
+        _add_unix_port(server, web_socket)
     result = GrpcServer(server, health_servicer, port, host_port(settings.grpc_backend_host, port))
     result.set_serving(False)
     return result
+
+
+def _add_unix_port(server: grpc.Server, path: Path) -> None:
+    where = f"WEIGHTSLAB_RUNTIME_DIR={path.parent}: the gRPC-Web socket {path}"
+    if len(str(path).encode()) > UNIX_PATH_MAX:
+        raise BindError(f"{where} is longer than a unix socket path may be ({UNIX_PATH_MAX} bytes); use a "
+                        "shorter runtime dir, or WEIGHTSLAB_GRPC_WEB_PORT=-1 to turn gRPC-Web off")
+    try:
+        bound = server.add_insecure_port(f"unix:{path}")
+    except RuntimeError as exc:
+        raise BindError(f"{where} cannot be listened on ({exc})") from None
+    if bound == 0:
+        raise BindError(f"{where} cannot be listened on")
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)  # the runtime dir (0700) already guards it; this says so again

@@ -46,6 +46,7 @@ def base_env(tmp: Path) -> dict[str, str]:
     env.update(
         WEIGHTSLAB_RUNTIME_DIR=str(tmp / "rt"), WEIGHTSLAB_ROOT_LOG_DIR=str(tmp / "logs"),
         GRPC_TLS_ENABLED="0", GRPC_BACKEND_HOST="127.0.0.1", GRPC_BACKEND_PORT=str(free_port()),
+        WEIGHTSLAB_GRPC_WEB_PORT="0",
         PYTHONUNBUFFERED="1",
     )
     return env

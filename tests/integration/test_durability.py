@@ -121,4 +121,4 @@ def test_twenty_daemon_kills_lose_nothing_acknowledged(daemon: Daemon, env: dict
 
     assert shm_segments(env) == []
     assert sorted(os.listdir(env["WEIGHTSLAB_RUNTIME_DIR"])) == ["control.sock", "daemon.json", "daemon.lock",
-                                                                 "runs.json"]
+                                                                 "grpc-web.sock", "runs.json"]

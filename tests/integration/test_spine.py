@@ -125,7 +125,7 @@ def test_trainer_sigkill_marks_the_run_crashed_and_leaves_nothing(daemon: Daemon
     assert time.monotonic() - t0 < 2.0
     wait_for(lambda: shm_segments(env) == [], 2.0, "the ring to be unlinked")
     assert sorted(os.listdir(env["WEIGHTSLAB_RUNTIME_DIR"])) == ["control.sock", "daemon.json", "daemon.lock",
-                                                                 "runs.json"]
+                                                                 "grpc-web.sock", "runs.json"]
     assert daemon.proc is not None and daemon.proc.poll() is None
     assert len(history(stub)) > 5  # still serving
 

@@ -71,6 +71,9 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
     # weightslabd additions
     "WEIGHTSLAB_RUNTIME_DIR": None,
     "WEIGHTSLAB_HEARTBEAT_TIMEOUT_SECONDS": 1.5,
+    "WEIGHTSLAB_GRPC_WEB_HOST": "127.0.0.1",
+    "WEIGHTSLAB_GRPC_WEB_PORT": 8080,
+    "WEIGHTSLAB_GRPC_WEB_ALLOWED_ORIGINS": "http://localhost:*,http://127.0.0.1:*,http://[::1]:*",
 }
 SECRETS = {"GRPC_AUTH_TOKEN", "GRPC_AUTH_TOKENS", "OPENROUTER_API_KEY"}
 
@@ -156,6 +159,9 @@ BAD_VALUES = [
     ("WEIGHTSLAB_EVAL_TIMEOUT_SECONDS", "inf", ">= 0"),
     ("WL_TEST_TIMEOUT", "0", "> 0"),
     ("WEIGHTSLAB_HEARTBEAT_TIMEOUT_SECONDS", "-0.5", "> 0"),
+    ("WEIGHTSLAB_GRPC_WEB_HOST", "local host", "host name or IP address"),
+    ("WEIGHTSLAB_GRPC_WEB_PORT", "-2", "or -1 (off)"),
+    ("WEIGHTSLAB_GRPC_WEB_ALLOWED_ORIGINS", "localhost:5173", "scheme://host[:port]"),
 ]
 
 
