@@ -83,7 +83,8 @@ class CliCommands:
         return {"ok": True, "run": run.run_id, "name": run.manifest.get("run_name"), "step": run.step,
                 "state": run.manifest.get("status"), "paused": run.paused, "dropped": run.dropped,
                 "splits": {n: t.size for n, t in run.samples.splits.items()}, "samples": total,
-                "in_loop": in_loop, "discarded": denied, "curves": run.history.names()}
+                "in_loop": in_loop, "discarded": denied, "curves": run.history.names(),
+                "previews": run.preview_cache.stats()}
 
     def cmd_hp(self, args: list[str]) -> dict[str, Any]:
         run = self._run()
@@ -115,7 +116,7 @@ class CliCommands:
         return {"ok": True, "split": table.name, "signal": signal, "samples": [
             {"id": int(i), signal: _num(values[i]), "label": _num(table.label[i]),
              "prediction": _num(table.prediction[i]), "encounters": int(table.encounters[i]),
-             "discarded": bool(table.denied[i]), "tags": sorted(table.tags.get(int(i), ()))} for i in order]}
+             "discarded": bool(table.denied[i]), "tags": table.tags_of(int(i))} for i in order]}
 
     def cmd_tag(self, args: list[str]) -> dict[str, Any]:
         return self._tags(args, "add")

@@ -25,7 +25,10 @@ from .audit import AuditLog
 from .cli_server import CliCommands, LineServer
 from .config import Settings
 from .control import ControlServer
+from .grpcweb import SOCKET_NAME, GrpcWebBridge, check_exposure
+from .grpcweb import enabled as grpc_web_enabled
 from .logs import reopen_log_files
+from .run import RunOptions
 from .runs import RunRegistry
 from .server import GrpcServer, build_server
 from .servicer import ExperimentServicer
@@ -36,6 +39,7 @@ from .watchdog import InflightCalls, Watchdog
 log = structlog.get_logger("weightslabd")
 STATE_FILE = "daemon.json"
 DRAIN_SECONDS = 5.0
+WEB_DRAIN_SECONDS = 2.0  # browser streams end within half a second of `stopping`; later, calls are cancelled
 
 
 class BootError(Exception):
@@ -63,6 +67,8 @@ class Daemon:
         self.watchdog: Watchdog | None = None
         self.cli: CliCommands | None = None
         self.cli_server: LineServer | None = None
+        self.web: GrpcWebBridge | None = None
+        self._web_socket = self.runtime_dir / SOCKET_NAME if grpc_web_enabled(settings) else None
         self._credentials: grpc.ServerCredentials | None = None
         self.supervisor = Supervisor()
 
@@ -70,13 +76,14 @@ class Daemon:
 
     def boot(self) -> None:
         s = self.settings
+        check_exposure(s)
         credentials = self._tls_credentials()
         try:
             ensure_private_dir(self.runtime_dir)
         except OSError as exc:
             raise BootError(f"WEIGHTSLAB_RUNTIME_DIR={self.runtime_dir}: {exc}") from None
         self._take_lock()
-        self.registry = RunRegistry(s.weightslab_root_log_dir, self.runtime_dir)
+        self.registry = RunRegistry(s.weightslab_root_log_dir, self.runtime_dir, RunOptions.from_settings(s))
         self.registry.load()
         self.control = ControlServer(self.runtime_dir, self.registry, hp_sync=s.wl_enable_hp_sync,
                                      heartbeat_timeout=s.weightslab_heartbeat_timeout_seconds)
@@ -87,9 +94,14 @@ class Daemon:
         self._credentials = credentials
         self.cli = CliCommands(self.servicer)
         shared = s.cli_shares_grpc_port()
-        self.grpc = build_server(s, self.servicer, credentials, self.audit, self.calls, self.cli if shared else None)
+        self.grpc = build_server(s, self.servicer, credentials, self.audit, self.calls, self.cli if shared else None,
+                                 self._web_socket)
         self.grpc.server.start()
         self.grpc.set_serving(True)
+        if self._web_socket is not None:
+            self.web = GrpcWebBridge(s, self._web_socket)
+            self.web.start()
+            log.info("gRPC-Web listening", address=self.web.address, origins=s.weightslab_grpc_web_allowed_origins)
         if not shared:
             try:
                 self.cli_server = LineServer(s.cli_host, s.cli_port, self.cli, s.auth_tokens(), self.audit,
@@ -114,6 +126,7 @@ class Daemon:
         self._write_state()
         self.supervisor.ready(f"serving gRPC on {self.grpc.address}")
         log.info("weightslabd ready", grpc=self.grpc.address, tls=credentials is not None,
+                 grpc_web=self.web.address if self.web is not None else "off",
                  control=self.control.endpoint, runs=len(self.registry.runs), pid=os.getpid())
 
     def restart_grpc(self) -> None:
@@ -127,9 +140,11 @@ class Daemon:
         if self.watchdog is not None:
             self.watchdog.replace_calls(self.calls)
         self.grpc = build_server(settings, self.servicer, self._credentials, self.audit, self.calls,
-                                 self.cli if self.settings.cli_shares_grpc_port() else None)
+                                 self.cli if self.settings.cli_shares_grpc_port() else None, self._web_socket)
         self.grpc.server.start()
         self.grpc.set_serving(True)
+        if self.web is not None:
+            self.web.reconnect()  # the socket was re-created: no waiting out the channels' reconnect backoff
         log.info("gRPC server restarted", grpc=self.grpc.address)
 
     def _tls_credentials(self) -> grpc.ServerCredentials | None:
@@ -154,7 +169,8 @@ class Daemon:
         assert self.grpc is not None and self.control is not None
         state = {"pid": os.getpid(), "grpc_address": self.grpc.address, "grpc_port": self.grpc.port,
                  "control": self.control.endpoint,
-                 "cli_port": self.cli_server.port if self.cli_server is not None else self.grpc.port}
+                 "cli_port": self.cli_server.port if self.cli_server is not None else self.grpc.port,
+                 "grpc_web_port": self.web.port if self.web is not None else None}
         tmp = self.runtime_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.runtime_dir / STATE_FILE)
@@ -200,6 +216,8 @@ class Daemon:
             self.watchdog.stop()
         if self.servicer is not None:
             self.servicer.stopping.set()
+        if self.web is not None:  # before the gRPC server, so open browser streams end with a trailer
+            self.web.stop(WEB_DRAIN_SECONDS)
         if self.grpc is not None:
             self.grpc.stop(DRAIN_SECONDS)
         if self.cli_server is not None:

@@ -16,6 +16,9 @@ import os
 import struct
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +32,17 @@ from weightslab_shim.ring import RecordType
 
 from .framedlog import FramedLog
 from .history import SignalHistory
+from .predictions_h5 import FILE_NAME as H5_FILE
+from .predictions_h5 import PredictionsH5
+from .previews import PreviewCache
+from .sample_signals import SampleSignals, fold_per_sample
 from .samples import SampleTable
 from .watchdog import WatchedLock
 
 STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring position
 log = structlog.get_logger("weightslabd.run")
 SIGNAL_RECORDS = frozenset({RecordType.STEP, RecordType.EVAL})
+RECENT_PREVIEW_FRAMES = 16
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -54,6 +62,34 @@ def write_durably(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+class StateBusy(Exception):
+    """The run's state lock could not be had in time."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The settings that shape what a run keeps and serves (from Settings; defaults as documented)."""
+    save_predictions_h5: bool = True
+    instance_aggregation: str = "mean"
+    max_points_per_sample: int = 200
+    preview_cache_size: int = 2000
+    preload_previews: bool = True
+    thumbnail_size: int = 720
+    batch_chunk_size: int = 0
+    preview_warmup_wait_ms: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RunOptions:
+        return cls(save_predictions_h5=bool(settings.weightslab_save_predictions_in_h5),
+                   instance_aggregation=str(settings.wl_instance_aggregation),
+                   max_points_per_sample=int(settings.wl_max_points_per_sample),
+                   preview_cache_size=int(settings.wl_max_preview_cache_size),
+                   preload_previews=bool(settings.wl_preload_image_overview),
+                   thumbnail_size=int(settings.wl_default_thumbnail_size),
+                   batch_chunk_size=int(settings.wl_batch_chunk_size),
+                   preview_warmup_wait_ms=int(settings.wl_preview_cache_warmup_wait_ms))
+
+
 @dataclass
 class PendingCommand:
     cmd_id: str
@@ -64,8 +100,10 @@ class PendingCommand:
 
 
 class Run:
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], options: RunOptions | None = None) -> None:
         self.folder = folder
+        self.options = options or RunOptions()
+        self.edits_version = 0  # bumps on every applied deny or tag edit: views filtered on them re-evaluate
         self.run_id: str = manifest["run_id"]
         self.manifest = manifest
         self.lock = WatchedLock(f"run {self.run_id}")  # the watchdog sees who holds it, and for how long
@@ -80,27 +118,49 @@ class Run:
         self.last_position = -1
         self.pending: dict[str, PendingCommand] = {}
         self.unacked_edits: dict[int, dict[str, Any]] = {}
-        self.preview_index: dict[str, dict[int, int]] = {}
+        # per split, where each sample's preview is in previews.log (-1: none yet); 8 bytes a sample
+        self.preview_offsets: dict[str, np.ndarray] = {}
         self._signal_home: dict[str, str] = {}
+        self._frames_lock = threading.Lock()
+        self._recent_frames: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._seq = 0
+        o = self.options
+        self.preview_cache = PreviewCache(self.preview_array, max_entries=o.preview_cache_size,
+                                          default_longest=o.thumbnail_size, warmup_wait_ms=o.preview_warmup_wait_ms,
+                                          chunk_size=o.batch_chunk_size, preload=o.preload_previews)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         for split, size in (manifest.get("splits") or {}).items():
             self.samples.ensure_split(split, int(size))
+        self.sample_signals = SampleSignals()
+        self.predictions = PredictionsH5(folder / H5_FILE) if o.save_predictions_h5 else None
+        saved = {s: self.predictions.max_step(s) for s in self.samples.splits} if self.predictions else {}
+        self._h5_saved_upto: dict[str, int] = {s: step for s, step in saved.items() if step is not None}
         self.signals = FramedLog(folder / "signals.log")
         self.previews = FramedLog(folder / "previews.log")
         self.journal = FramedLog(folder / "edits.journal")
         self._replay()
+        self.preview_cache.start()  # the previews replayed above are offered: preloading starts now
+
+    @contextmanager
+    def holding(self, timeout: float) -> Iterator[None]:
+        """The state lock, or StateBusy after `timeout` (GRPC_WATCHDOG_STUCK_SECONDS): never a hang."""
+        if not self.lock.acquire(timeout=timeout):
+            raise StateBusy(f"the daemon's state for run {self.run_id} stayed busy for {timeout:g}s; try again")
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     # -- persistence -----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, folder: Path) -> Run:
+    def open(cls, folder: Path, options: RunOptions | None = None) -> Run:
         manifest = json.loads((folder / "manifest.json").read_text())
-        return cls(folder, manifest)
+        return cls(folder, manifest, options)
 
     @classmethod
-    def create(cls, folder: Path, manifest: dict[str, Any]) -> Run:
-        run = cls(folder, manifest)
+    def create(cls, folder: Path, manifest: dict[str, Any], options: RunOptions | None = None) -> Run:
+        run = cls(folder, manifest, options)
         run.save_manifest()
         return run
 
@@ -132,6 +192,9 @@ class Run:
         self._apply(rtype, step, fields, stamp, position)
 
     def close(self) -> None:
+        self.preview_cache.stop()
+        if self.predictions is not None:
+            self.predictions.close()
         self.save_manifest()
         for log in (self.signals, self.previews, self.journal):
             log.close()
@@ -176,11 +239,17 @@ class Run:
                 ids = fields.get(f"ids{SEP}{split}{SEP}{name}{SEP}{serial}")
                 if ids is None:
                     continue
-                values = arr.reshape(-1)
                 table = self.samples.get(split)  # only registered splits: never sized from a record's ids
-                if table is not None:
-                    table.set_signal(name, ids.reshape(-1), values, step)
-                curves.setdefault(self._curve_name(name, split), []).append(values)
+                if table is None:
+                    continue
+                flat_ids, values = ids.reshape(-1), arr.reshape(-1)
+                if len(flat_ids) != len(values):
+                    raise records.MalformedPayload(f"signal {name!r}: {len(flat_ids)} ids for {len(values)} values")
+                self.sample_signals.store(split, name).append(step, flat_ids, values)
+                # several values of one sample are its instances (annotations): one value per sample here
+                sample_ids, per_sample = fold_per_sample(flat_ids, values, self.instance_aggregation())
+                table.set_signal(name, sample_ids, per_sample, step)
+                curves.setdefault(self._curve_name(name, split), []).append(per_sample)
             elif kind == "scalar" and len(parts) == 3:
                 curves.setdefault(parts[1], []).append(arr.reshape(-1).astype(np.float64))
             elif kind in ("tgt", "pred", "praw") and len(parts) == 3:
@@ -192,6 +261,7 @@ class Run:
             table = self.samples.get(split)
             if ids is not None and table is not None:
                 table.set_labels(ids.reshape(-1), _column(batch.get("tgt")), _column(batch.get("pred")))
+                self._save_predictions(split, step, ids.reshape(-1), batch.get("pred"))
         seen: dict[str, list[np.ndarray]] = {}
         for key, arr in fields.items():
             parts = key.split(SEP)
@@ -211,6 +281,23 @@ class Run:
         # ingest, like the curves). A training record's step is its index; an evaluation's the count.
         self.step = max(self.step, step + 1 if rtype == RecordType.STEP else step)
 
+    def _save_predictions(self, split: str, step: int, ids: np.ndarray, preds: np.ndarray | None) -> None:
+        if self.predictions is None or preds is None or len(preds) != len(ids):
+            return
+        if step <= self._h5_saved_upto.get(split, -1):
+            return  # replaying what the HDF5 file already holds
+        self.predictions.append(split, step, ids, preds)
+
+    def instance_aggregation(self) -> str:
+        """How a sample's instances fold into one value: the run's `instance_aggregation`
+        hyperparameter if it names one, else WL_INSTANCE_AGGREGATION."""
+        how = self.hparams.get("instance_aggregation")
+        return how if how in ("mean", "max") else self.options.instance_aggregation
+
+    def home_split(self, signal: str) -> str | None:
+        """The split whose curve of `signal` carries the bare name (see _curve_name)."""
+        return self._signal_home.get(signal)
+
     def _curve_name(self, signal: str, split: str) -> str:
         """A signal keeps its own name on the first split it is seen on; other splits add theirs."""
         home = self._signal_home.setdefault(signal, split)
@@ -221,21 +308,70 @@ class Run:
         for key, arr in (records.decode(payload) if fields is None else fields).items():
             parts = key.split(SEP)
             if parts[0] == "pids" and len(parts) == 3:
-                index = self.preview_index.setdefault(parts[1], {})
-                index.update(dict.fromkeys(arr.reshape(-1).tolist(), offset))
+                offsets = self._offsets_of(parts[1])
+                if offsets is None:
+                    continue  # previews only of registered splits: never sized from a record's ids
+                ids = arr.reshape(-1).astype(np.int64)
+                ids = ids[(ids >= 0) & (ids < len(offsets))]
+                offsets[ids] = offset
+                self.preview_cache.offer(parts[1], ids.tolist())
+
+    def _offsets_of(self, split: str) -> np.ndarray | None:
+        table = self.samples.get(split)
+        if table is None:
+            return None
+        offsets = self.preview_offsets.get(split)
+        if offsets is None or len(offsets) < table.size:  # new, or the split grew
+            grown = np.full(table.size, -1, dtype=np.int64)
+            if offsets is not None:
+                grown[:len(offsets)] = offsets
+            offsets = self.preview_offsets[split] = grown
+        return offsets
+
+    def preview_array(self, split: str, sample_id: int) -> np.ndarray | None:
+        """The input the trainer sent for one sample (None if it has sent none yet)."""
+        with self.lock:
+            offsets = self.preview_offsets.get(split)
+            offset = int(offsets[sample_id]) if offsets is not None and 0 <= sample_id < len(offsets) else -1
+        if offset < 0:
+            return None
+        fields = self._preview_frame(offset)
+        for key, ids in fields.items():
+            parts = key.split(SEP)
+            if parts[0] != "pids" or len(parts) != 3 or parts[1] != split:
+                continue
+            hits = np.flatnonzero(ids.reshape(-1) == sample_id)
+            inputs = fields.get(f"x{SEP}{split}{SEP}{parts[2]}")
+            if hits.size and inputs is not None and len(inputs) > hits[0]:
+                return np.asarray(inputs[hits[0]])
+        return None
+
+    def _preview_frame(self, offset: int) -> dict[str, np.ndarray]:
+        """Decoded preview records, a few kept: a page of thumbnails mostly reads neighbours."""
+        with self._frames_lock:
+            fields = self._recent_frames.get(offset)
+            if fields is not None:
+                self._recent_frames.move_to_end(offset)
+                return fields
+        fields = records.decode(self.previews.read_at(offset))
+        with self._frames_lock:
+            self._recent_frames[offset] = fields
+            while len(self._recent_frames) > RECENT_PREVIEW_FRAMES:
+                self._recent_frames.popitem(last=False)
+        return fields
+
+    def thumbnails(self, keys: list[tuple[str, int]], width: int, height: int) -> list[bytes | None]:
+        """Encoded images for the grid, from the preview cache (Studio resize rules)."""
+        return self.preview_cache.get_many(keys, width, height)
 
     def preview_masks(self) -> dict[str, str]:
         """Per split, which samples the daemon has a preview of, packed for the welcome message."""
         with self.lock:
             out = {}
-            for split, index in self.preview_index.items():
-                table = self.samples.get(split)
-                if table is None:
-                    continue
-                mask = np.zeros(table.size, dtype=bool)
-                ids = np.fromiter(index, dtype=np.int64, count=len(index))
-                mask[ids[(ids >= 0) & (ids < table.size)]] = True
-                out[split] = wire.pack_mask(mask)
+            for split in self.preview_offsets:
+                offsets = self._offsets_of(split)
+                if offsets is not None:
+                    out[split] = wire.pack_mask(offsets >= 0)
             return out
 
     # -- the user's edits --------------------------------------------------------------------------
@@ -261,10 +397,12 @@ class Run:
             if table is not None:
                 table.set_denied(np.asarray(entry["ids"], dtype=np.int64), bool(entry["deny"]))
             self.unacked_edits[entry["seq"]] = entry
+            self.edits_version += 1
         elif kind == "tags":
             table = self.samples.get(entry["split"])
             if table is not None:
                 table.edit_tags(np.asarray(entry["ids"], dtype=np.int64), list(entry["tags"]), entry["mode"])
+            self.edits_version += 1
         elif kind == "applied":
             done = self.unacked_edits.pop(int(entry["edit"]), None)
             if done is not None and done.get("kind") == "hparams":

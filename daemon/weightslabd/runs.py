@@ -11,15 +11,16 @@ from typing import Any
 
 import structlog
 
-from .run import Run
+from .run import Run, RunOptions
 
 log = structlog.get_logger("weightslabd.runs")
 INDEX = "runs.json"
 
 
 class RunRegistry:
-    def __init__(self, root_log_dir: Path | None, state_dir: Path) -> None:
+    def __init__(self, root_log_dir: Path | None, state_dir: Path, options: RunOptions | None = None) -> None:
         self.root_log_dir = root_log_dir
+        self.options = options or RunOptions()
         self.index_path = state_dir / INDEX
         self.runs: dict[str, Run] = {}
         self.current_id: str | None = None
@@ -39,7 +40,7 @@ class RunRegistry:
             if folder.resolve() in {r.folder.resolve() for r in self.runs.values()}:
                 continue
             try:
-                run = Run.open(folder)
+                run = Run.open(folder, self.options)
             except (OSError, ValueError, KeyError) as exc:
                 log.error("run folder unreadable, skipped", folder=str(folder), error=str(exc))
                 continue
@@ -64,13 +65,13 @@ class RunRegistry:
             if run is None:
                 folder = self.folder_for(hello)
                 if (folder / "manifest.json").is_file():
-                    run = Run.open(folder)
+                    run = Run.open(folder, self.options)
                 else:
                     run = Run.create(folder, {
                         "run_id": run_id, "run_name": hello.get("run_name", run_id), "created": time.time(),
                         "script_dir": hello.get("script_dir"), "host": hello.get("host"),
                         "rank": hello.get("rank", 0), "world_size": hello.get("world_size", 1),
-                    })
+                    }, self.options)
                 self.runs[run_id] = run
                 self._save_index()
         run.manifest.update(pid=hello.get("pid"), status="paused" if hello.get("paused") else "running",

@@ -1,14 +1,21 @@
 """The sample table: one row per (split, sample id), held as columns.
 
 The trainer's records fill the signal, label, prediction and encounter columns; the user's edits
-own `denied` and `tags`. Columns are numpy arrays sized to the split, so a lookup is an index.
+own `denied` and the tag masks. Columns are numpy arrays sized to the split, so a lookup is an
+index and a filter over a million rows is one vectorised expression. `SampleFrame` presents all
+splits as one table to the query engine and the grid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import DTypeLike
+
+# Columns every row has, beside one column per signal (see SampleFrame.column).
+BASE_COLUMNS = ("sample_id", "origin", "label", "prediction", "encounters", "deny_listed", "tags", "last_step")
 
 
 @dataclass
@@ -21,7 +28,8 @@ class SplitTable:
     prediction: np.ndarray = field(init=False)
     denied: np.ndarray = field(init=False)
     last_step: np.ndarray = field(init=False)
-    tags: dict[int, set[str]] = field(default_factory=dict)
+    tag_masks: dict[str, np.ndarray] = field(default_factory=dict)  # tag -> which samples carry it
+    task_type: str = "classification"
 
     def __post_init__(self) -> None:
         n = self.size
@@ -54,6 +62,8 @@ class SplitTable:
             # Only one scalar per sample fits a column; richer targets (masks) stay in the store.
             if values is not None and values.ndim == 1 and len(values) == len(ids) and values.dtype.kind in "fiub":
                 column[good] = values[ok]
+        if targets is not None and targets.ndim >= 3 and len(targets) == len(ids):
+            self.task_type = "segmentation"  # a per-pixel target per sample
 
     def set_denied(self, ids: np.ndarray, deny: bool) -> int:
         ids = np.unique(self.valid(ids))
@@ -64,18 +74,21 @@ class SplitTable:
     def edit_tags(self, ids: np.ndarray, tags: list[str], mode: str) -> None:
         if mode not in ("override", "add", "remove"):
             raise ValueError(f"unknown tag edit mode {mode!r}: expected override, add or remove")
-        for i in self.valid(ids).tolist():
-            current = self.tags.get(i, set())
-            if mode == "override":
-                current = set(tags)
-            elif mode == "add":
-                current = current | set(tags)
-            else:
-                current = current - set(tags)
-            if current:
-                self.tags[i] = current
-            else:
-                self.tags.pop(i, None)
+        rows = self.valid(ids)
+        if mode == "override":
+            for mask in self.tag_masks.values():
+                mask[rows] = False
+        for tag in tags:
+            if tag not in self.tag_masks:
+                if mode == "remove":
+                    continue
+                self.tag_masks[tag] = np.zeros(self.size, dtype=bool)
+            self.tag_masks[tag][rows] = mode != "remove"
+        for tag in [t for t, m in self.tag_masks.items() if not m.any()]:
+            del self.tag_masks[tag]  # a tag nobody carries is no longer "in use"
+
+    def tags_of(self, sample_id: int) -> list[str]:
+        return sorted(t for t, m in self.tag_masks.items() if m[sample_id])
 
     def in_loop(self) -> int:
         return self.size - int(self.denied.sum())
@@ -83,7 +96,7 @@ class SplitTable:
 
 class SampleTable:
     def __init__(self) -> None:
-        self.splits: dict[str, SplitTable] = {}
+        self.splits: dict[str, SplitTable] = {}  # in registration order: the Studio lists them so
 
     def ensure_split(self, name: str, size: int) -> SplitTable:
         table = self.splits.get(name)
@@ -102,11 +115,87 @@ class SampleTable:
         return total, total - denied, denied
 
     def unique_tags(self) -> list[str]:
-        seen: set[str] = set()
-        for t in self.splits.values():
-            for tags in t.tags.values():
-                seen |= tags
-        return sorted(seen)
+        return sorted({tag for t in self.splits.values() for tag in t.tag_masks})
+
+    def frame(self) -> SampleFrame:
+        return SampleFrame(list(self.splits.values()))
+
+
+class SampleFrame:
+    """Every split as one table: rows in split registration order, then by sample id.
+
+    Columns are built on first use and kept for the frame's life (one query or one page), so a
+    frame is a consistent snapshot when built under the run lock and cheap when most columns go
+    unused."""
+
+    def __init__(self, tables: list[SplitTable]) -> None:
+        self.tables = tables
+        sizes = np.array([t.size for t in tables], dtype=np.int64)
+        self.offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        self._columns: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def signal_names(self) -> list[str]:
+        return list(dict.fromkeys(name for t in self.tables for name in t.signals))
+
+    def column_names(self) -> list[str]:
+        return [*BASE_COLUMNS, *self.signal_names()]
+
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(split index, sample id) of each row."""
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        return which, rows - self.offsets[which]
+
+    def row_of(self, split: str, sample_id: int) -> int | None:
+        for i, t in enumerate(self.tables):
+            if t.name == split and 0 <= sample_id < t.size:
+                return int(self.offsets[i]) + sample_id
+        return None
+
+    def column(self, name: str) -> np.ndarray:
+        col = self._columns.get(name)
+        if col is None:
+            col = self._columns[name] = self._build(name)
+        return col
+
+    def has_tag(self, tag: str) -> np.ndarray:
+        return self._concat(lambda t: t.tag_masks.get(tag, np.zeros(t.size, dtype=bool)), bool)
+
+    def _build(self, name: str) -> np.ndarray:
+        if name == "sample_id":
+            return self._concat(lambda t: np.arange(t.size, dtype=np.int64), np.int64)
+        if name in ("origin", "split"):
+            names = np.array([t.name for t in self.tables] or [""])
+            return np.repeat(names[: len(self.tables)], [t.size for t in self.tables])
+        if name in ("label", "prediction", "encounters", "last_step"):
+            return self._concat(lambda t: np.asarray(getattr(t, name)), np.float64)
+        if name in ("deny_listed", "discarded", "denied"):
+            return self._concat(lambda t: t.denied, bool)
+        if name == "tags":
+            return self._concat(_joined_tags, object)
+        if name in self.signal_names():
+            return self._concat(lambda t: t.signals.get(name, np.full(t.size, np.nan, dtype=np.float32)),
+                                np.float32)
+        raise KeyError(name)
+
+    def _concat(self, part: Callable[[SplitTable], np.ndarray], dtype: DTypeLike) -> np.ndarray:
+        if not self.tables:
+            return np.empty(0, dtype=dtype)
+        return np.concatenate([part(t) for t in self.tables])
+
+
+def _joined_tags(table: SplitTable) -> np.ndarray:
+    """Each sample's tags as the `;`-joined text the Studio shows, one join per distinct tag set."""
+    names = sorted(table.tag_masks)[:62]  # a bit per tag in an int64 code
+    code = np.zeros(table.size, dtype=np.int64)
+    for bit, tag in enumerate(names):
+        code |= table.tag_masks[tag].astype(np.int64) << bit
+    distinct, inverse = np.unique(code, return_inverse=True)
+    texts = np.array([";".join(t for b, t in enumerate(names) if int(c) >> b & 1) for c in distinct.tolist()],
+                     dtype=object)
+    return texts[inverse.reshape(-1)]
 
 
 def _grown(old: SplitTable, size: int) -> SplitTable:
@@ -121,5 +210,7 @@ def _grown(old: SplitTable, size: int) -> SplitTable:
         grown = np.full(size, np.nan, dtype=np.float32)
         grown[:n] = col
         new.signals[name] = grown
-    new.tags = old.tags
+    for tag, mask in old.tag_masks.items():
+        new.tag_masks[tag] = np.concatenate([mask, np.zeros(size - n, dtype=bool)])
+    new.task_type = old.task_type
     return new

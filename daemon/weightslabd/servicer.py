@@ -7,23 +7,24 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
 from weightslab_shim import wire
 
+from . import grid, histogram, plots
 from .control import ControlServer
 from .proto import experiment_service_pb2 as pb
 from .proto import experiment_service_pb2_grpc as pb_grpc
-from .run import Run
+from .run import Run, StateBusy
 from .runs import RunRegistry
-from .watchdog import touch
+from .watchdog import WatchdogInterrupt, touch
 
 APPLY_WAIT = 2.0  # how long a hyperparameter edit waits for the trainer's ack before replying
 FETCH_WAIT = 2.0  # how long a read waits for the trainer's hyperparameters when they are not synced
@@ -38,10 +39,11 @@ HP_FIELDS = {
     "evaluation_config": "evaluation_config",
 }
 TOTAL_STEP_KEYS = ("total_training_steps", "training_steps_to_do", "training_left", "nb_steps")
-
-
-class StateBusy(Exception):
-    """The run's state lock could not be had in time."""
+NO_RUN = "no training run has attached to weightslabd yet"
+AGENT_OFF = ("no data-query agent is configured: natural-language queries are off; structured queries "
+             "(docs/query.md) work without one")
+TAG_MODES = {pb.EDIT_OVERRIDE: "override", pb.EDIT_ACCUMULATE: "add", pb.EDIT_REMOVE: "remove"}
+T = TypeVar("T")
 
 
 class ReaderCursors:
@@ -82,6 +84,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         self.registry = registry
         self.control = control
         self.cursors = ReaderCursors()
+        self.views = grid.GridViews()
         self.stopping = threading.Event()
 
     def current_folder(self) -> Path | None:
@@ -97,16 +100,8 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         except StateBusy as busy:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(busy))
 
-    @contextmanager
-    def _holding(self, run: Run) -> Iterator[None]:
-        """The run's state lock, or StateBusy after GRPC_WATCHDOG_STUCK_SECONDS: never a hang."""
-        if not run.lock.acquire(timeout=self.lock_timeout):
-            raise StateBusy(f"the daemon's state for run {run.run_id} stayed busy for {self.lock_timeout:g}s; "
-                            "try again")
-        try:
-            yield
-        finally:
-            run.lock.release()
+    def _holding(self, run: Run) -> AbstractContextManager[None]:
+        return run.holding(self.lock_timeout)
 
     def _command(self, request: Any) -> Any:
         run = self.registry.current()
@@ -210,35 +205,9 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
 
     def GetLatestLoggerData(self, request: Any, context: grpc.ServicerContext) -> Any:
         runs = self._runs(list(request.experiment_hashes))
-        wanted = set(request.metric_names)
-        max_points = int(request.max_points) if request.max_points > 0 else 0
-        cursor = self.cursors.get(client_key(context))
-        response = pb.GetLatestLoggerDataResponse(applied_max_points=max_points)
-        for run in runs:
-            for name in run.history.names():
-                if wanted and name not in wanted:
-                    continue
-                key = (run.run_id, name)
-                start = 0 if request.request_full_history else cursor.get(key, 0)
-                pts = run.history.read(name, start, max_points)
-                cursor[key] = pts.end
-                total = run.history.length(name)
-                if total:
-                    full = run.history.read(name, 0, 2) if request.index_only else pts
-                    response.curves.add(metric_name=name, experiment_hash=run.run_id,
-                                        first_step=int(full.steps[0]) if len(full.steps) else 0,
-                                        last_step=int(full.steps[-1]) if len(full.steps) else 0,
-                                        point_count=total,
-                                        value_min=float(pts.vmin.min()) if len(pts.vmin) else 0.0,
-                                        value_max=float(pts.vmax.max()) if len(pts.vmax) else 0.0)
-                if request.index_only:
-                    continue
-                for i in range(len(pts.steps)):
-                    response.points.add(
-                        metric_name=name, model_age=int(pts.steps[i]), metric_value=float(pts.values[i]),
-                        experiment_hash=run.run_id, timestamp=int(pts.stamps[i]),
-                        value_min=float(pts.vmin[i]), value_max=float(pts.vmax[i]), has_value_range=True)
-        return response
+        if request.break_by_slices:
+            return self._busy_guard(context, lambda: plots.slice_curves(runs, request, self.lock_timeout))
+        return plots.curves(runs, request, self.cursors.get(client_key(context)))
 
     def _runs(self, hashes: list[str]) -> list[Run]:
         if hashes:
@@ -268,6 +237,89 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
     def GetDataSplits(self, request: Any, context: grpc.ServicerContext) -> Any:
         run = self.registry.current()
         return pb.DataSplitsResponse(success=run is not None, split_names=list(run.samples.splits) if run else [])
+
+    def ApplyDataQuery(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        if run is None:
+            return pb.DataQueryResponse(success=False, message=NO_RUN)
+        return self._busy_guard(context, lambda: grid.apply_query(
+            run, self._view(run, context), request, self.lock_timeout))
+
+    def GetDataSamples(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        if run is None:
+            return pb.DataSamplesResponse(success=False, message=NO_RUN)
+        try:
+            rows, note = self._busy_guard(context, lambda: grid.page(
+                run, self._view(run, context), request, self.lock_timeout))
+        except ValueError as exc:
+            return pb.DataSamplesResponse(success=False, message=str(exc))
+        response = pb.DataSamplesResponse(success=True, message=note)
+        images: list[bytes | None] = [None] * len(rows)
+        if request.include_raw_data and rows:
+            images = run.thumbnails([(r.split, r.sample_id) for r in rows], int(request.resize_width),
+                                    int(request.resize_height))
+        for row, image in zip(rows, images, strict=True):
+            record = response.data_records.add(sample_id=row.sample_id)
+            if image is not None:
+                record.data_stats.append(grid.image_stat(image, row.task_type))
+            record.data_stats.extend(row.stats)
+        return response
+
+    def EditDataSample(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        if run is None:
+            return pb.DataEditsResponse(success=False, message=NO_RUN)
+        try:
+            groups = grid.parse_edit_targets(run, list(request.samples_ids), list(request.sample_origins))
+        except ValueError as exc:
+            return pb.DataEditsResponse(success=False, message=f"edit refused, nothing changed: {exc}")
+        return self._busy_guard(context, lambda: self._edit_samples(run, request, groups))
+
+    def _edit_samples(self, run: Run, request: Any, groups: dict[str, list[int]]) -> Any:
+        if request.stat_name not in ("deny_listed", "tags"):
+            return pb.DataEditsResponse(success=False, message=f"stat {request.stat_name!r} cannot be edited: "
+                                                               "edit 'deny_listed' or 'tags'")
+        mode = TAG_MODES.get(request.type)
+        tags = grid.split_tags(request.string_value)
+        if request.stat_name == "tags" and mode is None:
+            return pb.DataEditsResponse(success=False, message=f"unknown edit type {request.type}")
+        if request.stat_name == "tags" and mode != "override" and not tags:
+            return pb.DataEditsResponse(success=False, message="string_value names no tag")
+        messages = []
+        for split, ids in groups.items():
+            if request.stat_name == "deny_listed":
+                reply = self.deny(run, split, ids, bool(request.bool_value))
+            else:
+                reply = self.edit_tags(run, split, ids, tags, str(mode))
+            if not reply.success:
+                return pb.DataEditsResponse(success=False, message=reply.message)
+            messages.append(f"{split}: {reply.message}")
+        return pb.DataEditsResponse(success=True, message="; ".join(messages))
+
+    def CheckAgentHealth(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.AgentHealthResponse(available=False, message=AGENT_OFF)
+
+    def GetHistogram(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        if run is None:
+            return pb.HistogramResponse(success=False, message=NO_RUN)
+        return self._busy_guard(context, lambda: histogram.of_view(
+            run, self._view(run, context), request, self.lock_timeout))
+
+    def _view(self, run: Run, context: grpc.ServicerContext) -> grid.ClientView:
+        return self.views.get(client_key(context), run.run_id)
+
+    def _busy_guard(self, context: grpc.ServicerContext, work: Callable[[], T]) -> T:
+        """Run work that takes the run lock; a lock that stays busy is RESOURCE_EXHAUSTED, never a hang."""
+        try:
+            return work()
+        except WatchdogInterrupt:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the daemon's state stayed busy; try again")
+            raise
+        except StateBusy as busy:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(busy))
+            raise
 
 
 MASK_ABOVE = 10_000  # id lists longer than this travel as a packed mask

@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--mutate-hp-at", type=int, default=-1, help="the loop itself sets hp['custom_knob'] then")
     p.add_argument("--set-lr-at", type=int, default=-1, help="the loop itself sets the learning rate to 0.7 then")
+    p.add_argument("--instances", action="store_true",
+                   help="also record 'box': two instances per sample, valued id and id + 100")
     p.add_argument("--until", help="run until this file exists (at most --steps steps)")
     args = p.parse_args()
 
@@ -54,6 +56,9 @@ def main() -> None:
             out = x.mean(axis=(1, 2, 3)) * 10
             criterion(out, y, batch_ids=ids, preds=np.round(out))
             seen.append([int(i) for i in ids])
+            if args.instances:
+                boxes = np.stack([ids, ids + 100], axis=1).reshape(-1).astype(np.float32)
+                wl.save_signals({"box": boxes}, batch_ids=np.repeat(ids, 2))
             wl.save_signals({"lr": np.asarray(optimizer.param_groups[0]["lr"])})
         done += 1
         if args.step_sleep:

@@ -12,13 +12,17 @@ def ids(*values: int) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
+def tag_map(table: SplitTable) -> dict[int, set[str]]:
+    return {i: set(table.tags_of(i)) for i in range(table.size) if table.tags_of(i)}
+
+
 def test_new_split_starts_empty() -> None:
     table = SplitTable("train", 5)
     assert table.encounters.tolist() == [0] * 5
     assert np.isnan(table.label).all() and np.isnan(table.prediction).all()
     assert not table.denied.any()
     assert table.last_step.tolist() == [-1] * 5
-    assert table.tags == {} and table.signals == {}
+    assert table.tag_masks == {} and table.signals == {}
     assert table.in_loop() == 5
 
 
@@ -91,13 +95,13 @@ def test_tags_add_remove_and_override() -> None:
     table = SplitTable("train", 5)
     table.edit_tags(ids(0, 1, 9), ["hard", "blurry"], "add")
     table.edit_tags(ids(1, 2), ["hard"], "add")
-    assert table.tags == {0: {"hard", "blurry"}, 1: {"hard", "blurry"}, 2: {"hard"}}
+    assert tag_map(table) == {0: {"hard", "blurry"}, 1: {"hard", "blurry"}, 2: {"hard"}}
     table.edit_tags(ids(0, 2), ["hard"], "remove")
-    assert table.tags == {0: {"blurry"}, 1: {"hard", "blurry"}}  # a sample left without tags has no entry
+    assert tag_map(table) == {0: {"blurry"}, 1: {"hard", "blurry"}}  # a sample left without tags has no entry
     table.edit_tags(ids(1, 3), ["clean"], "override")
-    assert table.tags == {0: {"blurry"}, 1: {"clean"}, 3: {"clean"}}
+    assert tag_map(table) == {0: {"blurry"}, 1: {"clean"}, 3: {"clean"}}
     table.edit_tags(ids(3,), [], "override")
-    assert table.tags == {0: {"blurry"}, 1: {"clean"}}
+    assert tag_map(table) == {0: {"blurry"}, 1: {"clean"}}
 
 
 def test_ensure_split_creates_then_returns_the_same_table() -> None:
@@ -129,7 +133,7 @@ def test_growing_a_split_keeps_every_column_and_tag() -> None:
     assert big.label[1] == 2.0 and big.prediction[1] == 0.75
     assert np.isnan(big.label[3:]).all()
     assert big.denied.tolist() == [False, False, True, False, False, False]
-    assert big.tags == {0: {"keep"}}
+    assert tag_map(big) == {0: {"keep"}}
     big.set_signal("loss", ids(5,), np.array([9.0]), step=5)  # new rows are usable
     assert big.signals["loss"][5] == 9.0
 
@@ -153,4 +157,30 @@ def test_unknown_tag_edit_mode_is_refused_and_changes_nothing() -> None:
     table.edit_tags(np.array([1]), ["keep"], "add")
     with pytest.raises(ValueError, match="unknown tag edit mode 'Add'"):
         table.edit_tags(np.array([1]), ["keep"], "Add")
-    assert table.tags == {1: {"keep"}}
+    assert tag_map(table) == {1: {"keep"}}
+
+
+def test_frame_spans_splits_in_registration_order() -> None:
+    samples = SampleTable()
+    train = samples.ensure_split("train", 3)
+    val = samples.ensure_split("val", 2)
+    train.set_signal("loss", ids(0, 2), np.array([0.5, 1.5]), step=1)
+    val.set_signal("acc", ids(1,), np.array([1.0]), step=1)
+    train.edit_tags(ids(0, 2), ["b", "a"], "add")
+    val.edit_tags(ids(1,), ["a"], "add")
+    val.set_denied(ids(0,), True)
+    frame = samples.frame()
+    assert len(frame) == 5
+    assert frame.column("origin").tolist() == ["train"] * 3 + ["val"] * 2
+    assert frame.column("sample_id").tolist() == [0, 1, 2, 0, 1]
+    assert frame.column("tags").tolist() == ["a;b", "", "a;b", "", "a"]
+    assert frame.has_tag("a").tolist() == [True, False, True, False, True]
+    assert frame.column("deny_listed").tolist() == [False, False, False, True, False]
+    loss = frame.column("loss")
+    assert loss[[0, 2]].tolist() == [0.5, 1.5] and np.isnan(loss[[1, 3, 4]]).all()
+    assert frame.column_names()[-2:] == ["loss", "acc"]
+    which, sid = frame.locate(np.array([4, 0, 2]))
+    assert which.tolist() == [1, 0, 0] and sid.tolist() == [1, 0, 2]
+    assert frame.row_of("val", 1) == 4 and frame.row_of("val", 2) is None
+    with pytest.raises(KeyError):
+        frame.column("nope")
