@@ -97,7 +97,7 @@ def build_server(settings: Settings, servicer: ExperimentServicer, credentials: 
         # Browsers hold streams open for hours: ping idle connections, tolerate client pings.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),  # clients pinging every 10 s keep a margin
         ("grpc.keepalive_permit_without_calls", 1),
     ]
     server = grpc.server(

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weightslabd.proto import experiment_service_pb2 as pb
+from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 
 from .harness import Daemon, Trainer, base_env, history, manifest, wait_for
 
@@ -122,3 +127,25 @@ def test_sigterm_turns_health_not_serving_before_the_server_stops(daemon: Daemon
         pass  # the server went away after saying so
     assert statuses[:1] == [health_pb2.HealthCheckResponse.NOT_SERVING]
     assert daemon.proc.wait(15) == 0
+
+
+@pytest.mark.timeout(90)
+def test_an_idle_stream_outlives_client_keepalive_pings(daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
+    # A client (Envoy, a proxy, a script) that pings an idle stream every 10 s must not be told
+    # "too many pings" and cut off: the stream stays open through the quiet, then delivers.
+    Trainer(env, tmp_path, "--steps", "5").wait(60)
+    channel = grpc.insecure_channel(daemon.address, options=[
+        ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)])
+    stream = pb_grpc.ExperimentServiceStub(channel).StreamStatus(pb.Empty(), timeout=80)
+    first = next(stream)
+    quiet_until = time.monotonic() + 32  # three client pings, each answered, with no data between
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.extend(itertools.islice(stream, 1)), daemon=True)
+    reader.start()
+    reader.join(max(0.0, quiet_until - time.monotonic()))
+    assert reader.is_alive() and not got, "the stream stayed open and quiet"
+    Trainer(env, tmp_path, "--steps", "5", name="second").wait(60)
+    reader.join(20)
+    assert got and got[0].timestamp > first.timestamp  # the news of the second run arrived
+    stream.cancel()
