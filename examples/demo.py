@@ -56,7 +56,8 @@ def main() -> int:
         watch(stub, trainer)
         rc = trainer.wait()
         suspects(channel)
-        summary(stub, settings.grpc_backend_port, certs, runtime_dir)
+        grid_tour(stub)
+        summary(stub, settings.grpc_backend_port, certs, runtime_dir, state.get("grpc_web_port"))
         if args.keep_serving:
             print("serving until Ctrl-C ...")
             daemon.wait()
@@ -116,12 +117,35 @@ def suspects(channel: grpc.Channel) -> None:
     print("  (the example flips 10% of the labels on purpose: these are where they show)")
 
 
-def summary(stub: pb_grpc.ExperimentServiceStub, port: int, certs: Path, runtime_dir: Path) -> None:
+def grid_tour(stub: pb_grpc.ExperimentServiceStub) -> None:
+    """What the Studio's grid does, through the same RPCs: sort by loss, tag the worst, count."""
+    query = stub.ApplyDataQuery(pb.DataQueryRequest(query="sortby `train-loss-CE` desc"), timeout=10)
+    if not query.success:
+        print(f"[daemon] {query.message}")
+        return
+    page = stub.GetDataSamples(pb.DataSamplesRequest(start_index=0, records_cnt=8, include_raw_data=True,
+                                                     resize_width=64, resize_height=64), timeout=10)
+    worst = [r.sample_id for r in page.data_records]
+    images = sum(any(s.name == "raw_data" for s in r.data_stats) for r in page.data_records)
+    edit = stub.EditDataSample(pb.DataEditsRequest(stat_name="tags", string_value="suspect", type=pb.EDIT_ACCUMULATE,
+                                                   samples_ids=worst, sample_origins=["train"] * len(worst)),
+                               timeout=10)
+    counts = stub.ApplyDataQuery(pb.DataQueryRequest(query="has_tag suspect"), timeout=10)
+    print(f"\nthe Studio's grid, through its RPCs: sorted by loss ({query.message}); the first page of "
+          f"{len(worst)} came with {images} thumbnails; tagged them 'suspect' ({edit.message}); "
+          f"'has_tag suspect' now shows {counts.number_of_all_samples} samples")
+    stub.ApplyDataQuery(pb.DataQueryRequest(query="reset"), timeout=10)
+
+
+def summary(stub: pb_grpc.ExperimentServiceStub, port: int, certs: Path, runtime_dir: Path,
+            web_port: int | None) -> None:
     hp = stub.ExperimentCommand(pb.TrainerCommand(get_hyper_parameters=True), timeout=5)
     values = {d.name: (d.string_value or d.numerical_value) for d in hp.hyper_parameters_descs}
     print("\nwhere to look:")
     print(f"  hyperparameters as the daemon holds them: {values}")
     print(f"  gRPC (Weights Studio's backend): localhost:{port}, client certificate in {certs}")
+    if web_port:
+        print(f"  Weights Studio in a browser: gRPC-Web on http://localhost:{web_port} (loopback only)")
     print(f"  runs on disk: {STATE / 'runs'}  (manifest.json, signals.log, edits.journal)")
     print(f"  runtime directory (control socket): {runtime_dir}")
     print("  effective settings: weightslabd config")
