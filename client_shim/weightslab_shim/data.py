@@ -8,8 +8,9 @@ batch drawn after it, mid-epoch included.
 from __future__ import annotations
 
 import math
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -61,13 +62,39 @@ class _Indexed:
         return x, index, y
 
 
+PathOf = Callable[[int], "str | None"]
+
+
+def _path_lookup(dataset: Any, given: Any) -> PathOf | None:
+    """Where each sample's original image file is, when known: `preview_paths=` (a list or a function of
+    the sample id), else a torchvision-style `dataset.samples` / `dataset.imgs` of (path, target) pairs.
+    The daemon makes thumbnails from the file (full resolution, before augmentation) when it can read it."""
+    if callable(given):
+        return lambda i: _text(given(i))
+    pairs = given if given is not None else getattr(dataset, "samples", None) or getattr(dataset, "imgs", None)
+    if not isinstance(pairs, (list, tuple)) or not pairs:
+        return None
+    first = pairs[0]
+    if isinstance(first, (tuple, list)) and first and isinstance(first[0], (str, os.PathLike)):
+        return lambda i: _text(pairs[i][0]) if 0 <= i < len(pairs) else None
+    if isinstance(first, (str, os.PathLike)):
+        return lambda i: _text(pairs[i]) if 0 <= i < len(pairs) else None
+    return None
+
+
+def _text(path: Any) -> str | None:
+    return os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+
+
 class WatchedLoader:
     """Yields `(inputs, sample_ids, targets)`; iterate an epoch with `for`, or call `next()` forever."""
 
     def __init__(self, dataset: Any, session: Any, loader_name: str | None = None, *, batch_size: int = 32,
                  shuffle: bool = False, is_training: bool = False, num_workers: int = 0,
-                 drop_last: bool = False, collate_fn: Any = None, seed: int = 0, **loader_kwargs: Any) -> None:
+                 drop_last: bool = False, collate_fn: Any = None, seed: int = 0, preview_paths: Any = None,
+                 **loader_kwargs: Any) -> None:
         self.dataset = dataset
+        self.path_of = _path_lookup(dataset, preview_paths)
         self.split = loader_name or ("train" if is_training else f"split{len(session.loaders)}")
         self.is_training = is_training
         self.sampler = DenyAwareBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed)
@@ -116,7 +143,7 @@ class WatchedLoader:
         for batch in batches:
             batch = self._without_denied(batch)  # worker processes built it before a later discard
             inputs, ids, targets = batch[0], batch[1], batch[2]
-            self._session.note_inputs(self.split, ids, inputs, targets)
+            self._session.note_inputs(self.split, ids, inputs, targets, self.path_of)
             self._session.current_split = self.split
             yield batch
 

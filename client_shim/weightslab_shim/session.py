@@ -327,7 +327,8 @@ class Session:
                 self._fields.append((f"{kind}{SEP}{split}{SEP}{serial}", hold(values)))
 
     @never_raises
-    def note_inputs(self, split: str, ids: Any, inputs: Any, targets: Any = None) -> None:
+    def note_inputs(self, split: str, ids: Any, inputs: Any, targets: Any = None,
+                    path_of: Callable[[int], str | None] | None = None) -> None:
         """Queue the inputs of samples the daemon has no preview of yet (bounded per step)."""
         have = self._have_previews.get(split)
         if have is None or self.channel is None or not self.channel.attached.is_set():
@@ -348,6 +349,10 @@ class Session:
         self._previews.append((f"x{SEP}{split}{SEP}{n}", hold(_take(inputs, need))))
         if targets is not None:
             self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", hold(_take(targets, need))))
+        if path_of is not None:
+            paths = [path_of(int(i)) for i in id_arr[need]]
+            if any(paths):
+                self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field({"paths": paths}))))
 
     def _dropped(self, rtype: int, fields: Fields) -> None:
         """The publisher could not write a record: previews in it are offered again later."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from PIL import Image
 
 from weightslab_shim import records, wire
 from weightslab_shim.records import SEP
@@ -43,6 +44,7 @@ STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring posi
 log = structlog.get_logger("weightslabd.run")
 SIGNAL_RECORDS = frozenset({RecordType.STEP, RecordType.EVAL})
 RECENT_PREVIEW_FRAMES = 16
+H5_FLUSH_ROWS = 65536
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -122,6 +124,7 @@ class Run:
         self.preview_offsets: dict[str, np.ndarray] = {}
         self._signal_home: dict[str, str] = {}
         self._frames_lock = threading.Lock()
+        self._unreadable_paths = 0
         self._recent_frames: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._seq = 0
         o = self.options
@@ -132,7 +135,9 @@ class Run:
         for split, size in (manifest.get("splits") or {}).items():
             self.samples.ensure_split(split, int(size))
         self.sample_signals = SampleSignals()
-        self.predictions = PredictionsH5(folder / H5_FILE) if o.save_predictions_h5 else None
+        # Large flushes: h5py's cost is per call, not per row, and rows lost in a crash come back from
+        # signals.log at the next start.
+        self.predictions = PredictionsH5(folder / H5_FILE, flush_rows=H5_FLUSH_ROWS) if o.save_predictions_h5 else None
         saved = {s: self.predictions.max_step(s) for s in self.samples.splits} if self.predictions else {}
         self._h5_saved_upto: dict[str, int] = {s: step for s, step in saved.items() if step is not None}
         self.signals = FramedLog(folder / "signals.log")
@@ -247,7 +252,9 @@ class Run:
                     raise records.MalformedPayload(f"signal {name!r}: {len(flat_ids)} ids for {len(values)} values")
                 self.sample_signals.store(split, name).append(step, flat_ids, values)
                 # several values of one sample are its instances (annotations): one value per sample here
-                sample_ids, per_sample = fold_per_sample(flat_ids, values, self.instance_aggregation())
+                sample_ids, per_sample = flat_ids, values
+                if _repeats(flat_ids):
+                    sample_ids, per_sample = fold_per_sample(flat_ids, values, self.instance_aggregation())
                 table.set_signal(name, sample_ids, per_sample, step)
                 curves.setdefault(self._curve_name(name, split), []).append(per_sample)
             elif kind == "scalar" and len(parts) == 3:
@@ -341,10 +348,33 @@ class Run:
             if parts[0] != "pids" or len(parts) != 3 or parts[1] != split:
                 continue
             hits = np.flatnonzero(ids.reshape(-1) == sample_id)
+            if not hits.size:
+                continue
+            original = self._original_image(fields.get(f"xpath{SEP}{split}{SEP}{parts[2]}"), int(hits[0]))
+            if original is not None:
+                return original
             inputs = fields.get(f"x{SEP}{split}{SEP}{parts[2]}")
-            if hits.size and inputs is not None and len(inputs) > hits[0]:
+            if inputs is not None and len(inputs) > hits[0]:
                 return np.asarray(inputs[hits[0]])
         return None
+
+    def _original_image(self, paths_field: np.ndarray | None, index: int) -> np.ndarray | None:
+        """The sample's image file, when the trainer named one and this daemon can read it: full
+        resolution and before augmentation, so a better picture than the training tensor."""
+        if paths_field is None:
+            return None
+        try:
+            path = records.as_json(paths_field)["paths"][index]
+            if not path:
+                return None
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
+        except (OSError, ValueError, KeyError, IndexError, TypeError, Image.DecompressionBombError) as exc:
+            if self._unreadable_paths < 3:  # the tensor serves instead; say why, a few times
+                log.warning("sample image file unreadable, using the training tensor", run=self.run_id,
+                            error=f"{type(exc).__name__}: {exc}"[:300])
+            self._unreadable_paths += 1
+            return None
 
     def _preview_frame(self, offset: int) -> dict[str, np.ndarray]:
         """Decoded preview records, a few kept: a page of thumbnails mostly reads neighbours."""
@@ -441,6 +471,14 @@ class Run:
             for split, table in self.samples.splits.items():
                 out.append((0, "set_denied", {"split": split, "mask": wire.pack_mask(table.denied)}))
             return out
+
+
+def _repeats(ids: np.ndarray) -> bool:
+    """Whether a batch names a sample twice (sorting 256 ids is a few µs; np.unique is ten times that)."""
+    if len(ids) < 2:
+        return False
+    ordered = np.sort(ids)
+    return bool((ordered[1:] == ordered[:-1]).any())
 
 
 def _column(values: np.ndarray | None) -> np.ndarray | None:

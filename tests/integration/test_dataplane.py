@@ -181,3 +181,19 @@ def test_histograms_bin_numeric_columns_and_count_categories(daemon: Daemon, env
     tags = stub.GetHistogram(pb.HistogramRequest(column="tags"), timeout=10)
     assert {(b.label, b.count) for b in tags.categorical_bars} == {("odd", 2), ("(no tag)", 254)}
     assert not stub.GetHistogram(pb.HistogramRequest(column="nope"), timeout=10).success
+
+
+def test_thumbnails_come_from_the_image_files_the_loader_names(daemon: Daemon, env: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    files = tmp_path / "images"
+    Trainer(env, tmp_path, "--steps", "120", "--step-sleep", "0.004", "--image-files", str(files)).wait(60)
+    stub = daemon.stub()
+    wait_for(lambda: len(history(stub)) >= 120, 10, "the run's records")
+    sizes = {r.sample_id: image(r).size for r in samples(stub, include_raw_data=True).data_records
+             if "raw_data" in stats(r)}
+    assert len(sizes) > 128
+    assert {size for sid, size in sizes.items() if sid != 7} == {(40, 24)}  # the file, not the 4x4 tensor
+    if 7 in sizes:
+        assert sizes[7] == (4, 4)  # its file is missing: the training tensor serves instead
+    half = samples(stub, next(iter(sizes)), 1, include_raw_data=True, resize_width=-50, resize_height=-50)
+    assert image(half.data_records[0]).size == (20, 12)

@@ -30,6 +30,8 @@ def main() -> None:
     p.add_argument("--set-lr-at", type=int, default=-1, help="the loop itself sets the learning rate to 0.7 then")
     p.add_argument("--instances", action="store_true",
                    help="also record 'box': two instances per sample, valued id and id + 100")
+    p.add_argument("--image-files", help="write each sample's image as a 40x24 PNG here (sample 7's is named but "
+                                         "missing) and name them to the shim")
     p.add_argument("--until", help="run until this file exists (at most --steps steps)")
     args = p.parse_args()
 
@@ -37,8 +39,18 @@ def main() -> None:
                           flag="hyperparameters")
     rng = np.random.default_rng(0)
     data = [(rng.random((1, 4, 4), dtype=np.float32), int(i % 10)) for i in range(args.size)]
+    paths = None
+    if args.image_files:
+        from PIL import Image
+
+        folder = Path(args.image_files)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [str(folder / f"{i}.png") for i in range(args.size)]
+        for i, path in enumerate(paths):
+            if i != 7:
+                Image.new("RGB", (40, 24), (i % 256, 0, 0)).save(path)
     loader = wl.watch_or_edit(data, flag="data", loader_name="train", batch_size=args.batch, shuffle=True,
-                              is_training=True)
+                              is_training=True, preview_paths=paths)
     optimizer = wl.watch_or_edit(Optimizer(hp["learning_rate"]), flag="optimizer")
     criterion = wl.watch_or_edit(lambda out, y: (out - y) ** 2, flag="loss", signal_name="loss")
     seen: list[list[int]] = []
