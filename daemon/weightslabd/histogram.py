@@ -31,7 +31,7 @@ def of_view(run: Run, client: ClientView, request: Any, lock_timeout: float) -> 
         names = frame.column_names()
         if column not in names:
             return pb.HistogramResponse(success=False, message=f"unknown column {column!r} (known: {', '.join(names)})")
-        values = frame.column(column)[rows]
+        values = frame.column(column)[rows] if column != "tags" else rows  # tags are counted from their masks
         split_of = np.searchsorted(frame.offsets, rows, side="right") - 1
         denied = frame.column("deny_listed")[rows]
         split_names = [t.name for t in frame.tables]

@@ -103,3 +103,55 @@ def slice_curves(runs: list[Run], request: Any, lock_timeout: float) -> Any:
                     sample_count=int(curve.counts[i]), value_min=float(curve.mins[i]),
                     value_max=float(curve.maxs[i]), has_value_range=True)
     return response
+
+
+def resolve_signal(run: Run, name: str) -> tuple[str, str] | None:
+    """(split, signal) of a curve name as the plots show it: `loss` on its home split, `loss/eval` on another."""
+    names = run.sample_signals.names()
+    if not name:
+        return None
+    for split, signal in names:
+        if name == signal and run.home_split(signal) in (split, None):
+            return split, signal
+        if name == f"{signal}/{split}":
+            return split, signal
+    return None
+
+
+def _sample_id(text: str) -> int:
+    try:
+        return int(text.rsplit("/", 1)[-1])
+    except ValueError:
+        raise ValueError(f"sample id {text!r} is not a number") from None
+
+
+def trajectories(run: Run, request: Any) -> Any:
+    """GetSignalTrajectory: each sample's own values of one signal over the steps it was seen at."""
+    found = resolve_signal(run, request.signal_name)
+    if found is None:
+        return pb.GetSignalTrajectoryResponse(success=False, message=f"no per-sample signal {request.signal_name!r}")
+    try:
+        ids = [_sample_id(s) for s in request.sample_ids]
+    except ValueError as exc:
+        return pb.GetSignalTrajectoryResponse(success=False, message=str(exc))
+    store = run.sample_signals.get(*found)
+    response = pb.GetSignalTrajectoryResponse(success=True, signal_name=request.signal_name)
+    if store is None:
+        return response
+    by_id = store.trajectory(ids, int(request.max_points), run.instance_aggregation())
+    for sid in ids:
+        _, values = by_id.get(sid, (None, np.empty(0)))
+        response.trajectories.add(sample_id=str(sid), value=np.asarray(values, dtype=np.float32).tolist())
+    return response
+
+
+def step_samples(run: Run, request: Any) -> Any:
+    """GetStepSamples: the samples behind one plotted point, highest values first (instances folded)."""
+    found = resolve_signal(run, request.metric_name)
+    store = run.sample_signals.get(*found) if found else None
+    if store is None:
+        return pb.StepSamplesResponse(success=False, message=f"no per-sample signal {request.metric_name!r}")
+    ids, values, total = store.step_samples(int(request.model_age), int(request.max_samples),
+                                            run.instance_aggregation())
+    return pb.StepSamplesResponse(success=True, sample_ids=[str(i) for i in ids.tolist()],
+                                  total_available=total, sample_values=values.astype(np.float32).tolist())

@@ -209,6 +209,19 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             return self._busy_guard(context, lambda: plots.slice_curves(runs, request, self.lock_timeout))
         return plots.curves(runs, request, self.cursors.get(client_key(context)))
 
+    def GetSignalTrajectory(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        if run is None:
+            return pb.GetSignalTrajectoryResponse(success=False, message=NO_RUN)
+        return plots.trajectories(run, request)
+
+    def GetStepSamples(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.get(request.experiment_hash) if request.experiment_hash else self.registry.current()
+        if run is None:
+            return pb.StepSamplesResponse(success=False, message=f"no run {request.experiment_hash!r}"
+                                          if request.experiment_hash else NO_RUN)
+        return plots.step_samples(run, request)
+
     def _runs(self, hashes: list[str]) -> list[Run]:
         if hashes:
             return [r for r in (self.registry.get(h) for h in hashes) if r is not None]

@@ -90,16 +90,29 @@ def status_run(tmp_path: Path) -> str:
     return run_folder(tmp_path).name
 
 
-@pytest.mark.parametrize("how", ["mean", "max"])
-def test_instance_aggregation_folds_each_samples_instances(tmp_path: Path, how: str) -> None:
-    daemon, env = start(tmp_path, WL_INSTANCE_AGGREGATION=how)
+@pytest.mark.parametrize(("setting", "hp", "how"), [("mean", None, "mean"), ("max", None, "max"),
+                                                    ("mean", "max", "max")])
+def test_instance_aggregation_folds_each_samples_instances(tmp_path: Path, setting: str, hp: str | None,
+                                                           how: str) -> None:
+    daemon, env = start(tmp_path, WL_INSTANCE_AGGREGATION=setting)
     try:
-        train(daemon, env, tmp_path, "--instances", steps=60)
-        box = {r.sample_id: stats(r)["box"].value[0] for r in samples(daemon.stub()).data_records
+        extra = ["--hp", f"instance_aggregation={hp}"] if hp else []  # the run's own choice wins
+        train(daemon, env, tmp_path, "--instances", *extra, steps=60)
+        stub = daemon.stub()
+        box = {r.sample_id: stats(r)["box"].value[0] for r in samples(stub).data_records
                if np.isfinite(stats(r)["box"].value[0])}
         assert len(box) > 100
         offset = 50 if how == "mean" else 100  # instances are valued id and id + 100
         assert all(v == sid + offset for sid, v in box.items())
+        at = stub.GetStepSamples(pb.StepSamplesRequest(metric_name="box", model_age=30, max_samples=5), timeout=10)
+        assert at.success and at.total_available == 16 and len(at.sample_ids) == 5
+        values = list(at.sample_values)
+        assert values == sorted(values, reverse=True)
+        assert all(v == int(s) + offset for s, v in zip(at.sample_ids, values, strict=True))
+        sid = next(iter(box))
+        path = stub.GetSignalTrajectory(pb.GetSignalTrajectoryRequest(signal_name="box", sample_ids=[str(sid)]),
+                                        timeout=10)
+        assert path.success and set(path.trajectories[0].value) == {sid + offset}
     finally:
         daemon.stop()
 

@@ -32,11 +32,12 @@ def main() -> None:
                    help="also record 'box': two instances per sample, valued id and id + 100")
     p.add_argument("--image-files", help="write each sample's image as a 40x24 PNG here (sample 7's is named but "
                                          "missing) and name them to the shim")
+    p.add_argument("--hp", action="append", default=[], help="KEY=VALUE: an extra hyperparameter of the run")
     p.add_argument("--until", help="run until this file exists (at most --steps steps)")
     args = p.parse_args()
 
-    hp = wl.watch_or_edit({"learning_rate": 0.1, "training_steps_to_do": args.steps, "batch_size": args.batch},
-                          flag="hyperparameters")
+    hp = wl.watch_or_edit({"learning_rate": 0.1, "training_steps_to_do": args.steps, "batch_size": args.batch,
+                           **dict(kv.split("=", 1) for kv in args.hp)}, flag="hyperparameters")
     rng = np.random.default_rng(0)
     data = [(rng.random((1, 4, 4), dtype=np.float32), int(i % 10)) for i in range(args.size)]
     paths = None
