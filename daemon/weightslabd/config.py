@@ -357,13 +357,17 @@ class Settings(BaseSettings):
     )
     wl_preload_image_overview: Flag = _setting(
         True, _DATA,
-        "Build the image overview index as soon as a run attaches; off defers it to the first UI request.",
+        "Encode thumbnails in the background as samples' inputs arrive (and at start), so the grid's first "
+        "pages are ready; off encodes only what the UI asks for.",
     )
     wl_default_thumbnail_size: Positive = _setting(
-        720, _DATA, "Longest edge, in pixels, of the preview thumbnails generated."
+        720, _DATA,
+        "Longest edge, in pixels, of a default-size thumbnail (the grid asks for 0x0); images are never upscaled."
     )
     wl_batch_chunk_size: NonNegative = _setting(
-        0, _DATA, "Samples per internal processing chunk; 0 processes a whole batch at once."
+        0, _DATA,
+        "Thumbnails encoded and published per chunk, for a page's misses and the preload queue; 0 does a whole "
+        "batch at once."
     )
     wl_preview_cache_warmup_wait_ms: Annotated[
         int, Rule("an integer number of milliseconds (clamped to 0..1000)", _integer(0, 1000, clamp=True))
