@@ -20,18 +20,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from weightslabd.query import View, parse
+from weightslabd.query import ArrayFrame, View, parse
 
 GOAL_MS = 300.0
 PARSE_GOAL_US = 1000.0
 
 
-class SyntheticFrame:
-    """A Frame over plain numpy columns, like the daemon's view of one or more splits."""
+class SyntheticFrame(ArrayFrame):
+    """Plain numpy columns like the daemon's view of one or more splits."""
 
     def __init__(self, rows: int, seed: int = 0) -> None:
+        super().__init__({})
         rng = np.random.default_rng(seed)
-        self.columns: dict[str, np.ndarray] = {}
         for name, scale in (("loss", 1.0), ("loss/eval", 1.5), ("confidence", 0.3)):
             values = rng.exponential(scale, rows).astype(np.float32)
             values[rng.random(rows) < 0.10] = np.nan
@@ -45,19 +45,6 @@ class SyntheticFrame:
         self.columns["origin"] = splits[rng.choice(3, rows, p=[0.8, 0.1, 0.1])]
         self.columns["origin_str"] = self.columns["origin"].astype(str)
         self.tags = {"hard": rng.random(rows) < 0.05}
-
-    def __len__(self) -> int:
-        return len(self.columns["loss"])
-
-    def column_names(self) -> list[str]:
-        return list(self.columns)
-
-    def column(self, name: str) -> np.ndarray:
-        return self.columns[name]
-
-    def has_tag(self, tag: str) -> np.ndarray:
-        mask = self.tags.get(tag)
-        return mask if mask is not None else np.zeros(len(self), dtype=bool)
 
 
 CASES = [

@@ -45,6 +45,27 @@ class Frame(Protocol):
         ...
 
 
+class ArrayFrame:
+    """A Frame over a dict of numpy columns and a dict of tag masks: for tools, tests and benchmarks."""
+
+    def __init__(self, columns: dict[str, np.ndarray], tags: dict[str, np.ndarray] | None = None) -> None:
+        self.columns = columns
+        self.tags = tags or {}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def column_names(self) -> list[str]:
+        return list(self.columns)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def has_tag(self, tag: str) -> np.ndarray:
+        mask = self.tags.get(tag)
+        return mask if mask is not None else np.zeros(len(self), dtype=bool)
+
+
 # --------------------------------------------------------------------------------------------
 # The AST
 # --------------------------------------------------------------------------------------------

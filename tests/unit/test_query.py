@@ -14,6 +14,7 @@ from weightslabd.query import (
     MAX_DEPTH,
     MAX_QUERY_CHARS,
     And,
+    ArrayFrame,
     Between,
     Compare,
     Contains,
@@ -32,25 +33,7 @@ from weightslabd.query import (
 NAN = float("nan")
 
 
-class DictFrame:
-    """A Frame over a dict of numpy columns and a dict of tag masks."""
-
-    def __init__(self, columns: dict[str, np.ndarray], tags: dict[str, np.ndarray] | None = None) -> None:
-        self.columns = columns
-        self.tags = tags or {}
-
-    def __len__(self) -> int:
-        return len(next(iter(self.columns.values())))
-
-    def column_names(self) -> list[str]:
-        return list(self.columns)
-
-    def column(self, name: str) -> np.ndarray:
-        return self.columns[name]
-
-    def has_tag(self, tag: str) -> np.ndarray:
-        mask = self.tags.get(tag)
-        return mask if mask is not None else np.zeros(len(self), dtype=bool)
+DictFrame = ArrayFrame
 
 
 def table() -> DictFrame:
