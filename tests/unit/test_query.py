@@ -33,11 +33,8 @@ from weightslabd.query import (
 NAN = float("nan")
 
 
-DictFrame = ArrayFrame
-
-
-def table() -> DictFrame:
-    return DictFrame(
+def table() -> ArrayFrame:
+    return ArrayFrame(
         {
             "loss": np.array([0.1, NAN, 0.7, 0.5, 0.9, 0.5], dtype=np.float32),
             "label": np.array([3, 1, 3, 2, 3, 0]),
@@ -50,7 +47,7 @@ def table() -> DictFrame:
     )
 
 
-def rows(text: str, frame: DictFrame | None = None) -> list[int]:
+def rows(text: str, frame: ArrayFrame | None = None) -> list[int]:
     return View().apply(parse(text), accumulate=False).rows(frame if frame is not None else table()).tolist()
 
 
@@ -215,24 +212,24 @@ def test_contains_is_case_insensitive_on_every_kind_of_column() -> None:
     assert rows("name contains ''") == [0, 1, 2, 3, 4, 5]
     assert rows("label contains 3") == [0, 2, 4]  # on the string form of a number
     assert rows("loss contains nan") == [1]
-    unicode = DictFrame({"w": np.array(["ÄPFEL", "äpfel", "Birne"])})
+    unicode = ArrayFrame({"w": np.array(["ÄPFEL", "äpfel", "Birne"])})
     assert rows("w contains 'äp'", unicode) == [0, 1]
     assert rows("w contains 'ÄP'", unicode) == [0, 1]
-    strided = DictFrame({"w": np.array(["AB", "x", "cd", "y", "ab", "z"])[::2]})
+    strided = ArrayFrame({"w": np.array(["AB", "x", "cd", "y", "ab", "z"])[::2]})
     assert rows("w contains 'ab'", strided) == [0, 2]
 
 
 def test_object_columns_with_mixed_cells_use_their_string_form() -> None:
-    frame = DictFrame({"o": np.array(["3", 3, None, "x", 3.5, b"by"], dtype=object)})
+    frame = ArrayFrame({"o": np.array(["3", 3, None, "x", 3.5, b"by"], dtype=object)})
     assert rows("o == 3", frame) == [0, 1]
     assert rows("o == None", frame) == [2]
     assert rows("o contains '3'", frame) == [0, 1, 4]
     assert rows("sortby o", frame) == [0, 1, 4, 2, 5, 3]  # '3' '3' '3.5' 'None' "b'by'" 'x'
     many = np.array([f"img_{i:05d}" for i in range(20_000)], dtype=object)  # too many distinct: per-row text
-    big = DictFrame({"path": many})
+    big = ArrayFrame({"path": many})
     assert rows("path contains '_1999'", big) == list(range(19990, 20000))
     assert rows("path > img_19997 sortby path desc", big) == [19999, 19998]
-    assert rows("o == '[1]'", DictFrame({"o": _objects([1], [2], [1])})) == [0, 2]  # unhashable cells
+    assert rows("o == '[1]'", ArrayFrame({"o": _objects([1], [2], [1])})) == [0, 2]  # unhashable cells
 
 
 def _objects(*cells: object) -> np.ndarray:
@@ -242,7 +239,7 @@ def _objects(*cells: object) -> np.ndarray:
 
 
 def test_numpy_variable_width_strings() -> None:
-    frame = DictFrame({"t": np.array(["Ab", "cD", "ab", "b"], dtype=np.dtypes.StringDType())})
+    frame = ArrayFrame({"t": np.array(["Ab", "cD", "ab", "b"], dtype=np.dtypes.StringDType())})
     assert rows("t contains AB", frame) == [0, 2]
     assert rows("t >= b", frame) == [1, 3]
     assert rows("sortby t desc", frame) == [1, 3, 2, 0]
@@ -290,22 +287,22 @@ def test_sort_is_stable_and_multi_key() -> None:
 
 def test_sort_keys_of_every_width() -> None:
     big = np.array([2**62, -(2**62), 5, 2**62, -3])  # a span over 2**63: the lexsort path
-    assert rows("sortby b", DictFrame({"b": big})) == [1, 4, 2, 0, 3]
-    assert rows("sortby b desc", DictFrame({"b": big})) == [0, 3, 2, 4, 1]
+    assert rows("sortby b", ArrayFrame({"b": big})) == [1, 4, 2, 0, 3]
+    assert rows("sortby b desc", ArrayFrame({"b": big})) == [0, 3, 2, 4, 1]
     fine = np.array([0.1, 0.1 + 1e-12, -0.0, 0.0, NAN, -1e300])  # not float32-exact: 64-bit codes
-    assert rows("sortby f", DictFrame({"f": fine})) == [5, 2, 3, 0, 1, 4]  # -0.0 == 0.0 keeps order
-    assert rows("sortby f desc", DictFrame({"f": fine})) == [1, 0, 2, 3, 5, 4]
+    assert rows("sortby f", ArrayFrame({"f": fine})) == [5, 2, 3, 0, 1, 4]  # -0.0 == 0.0 keeps order
+    assert rows("sortby f desc", ArrayFrame({"f": fine})) == [1, 0, 2, 3, 5, 4]
     unsigned = np.array([2**64 - 1, 0, 7], dtype=np.uint64)
-    assert rows("sortby u desc", DictFrame({"u": unsigned})) == [0, 2, 1]
+    assert rows("sortby u desc", ArrayFrame({"u": unsigned})) == [0, 2, 1]
     labels = np.array([3.0, NAN, 0.0, 9.0, NAN, 3.0, -1.0])  # whole floats with NaN: a narrow code
-    assert rows("sortby l", DictFrame({"l": labels})) == [6, 2, 0, 5, 3, 1, 4]
-    assert rows("sortby l desc", DictFrame({"l": labels})) == [3, 0, 5, 2, 6, 1, 4]
-    assert rows("sortby l", DictFrame({"l": np.array([NAN, NAN])})) == [0, 1]
-    assert rows("sortby l desc", DictFrame({"l": np.array([np.inf, 1.0, -np.inf])})) == [0, 1, 2]
+    assert rows("sortby l", ArrayFrame({"l": labels})) == [6, 2, 0, 5, 3, 1, 4]
+    assert rows("sortby l desc", ArrayFrame({"l": labels})) == [3, 0, 5, 2, 6, 1, 4]
+    assert rows("sortby l", ArrayFrame({"l": np.array([NAN, NAN])})) == [0, 1]
+    assert rows("sortby l desc", ArrayFrame({"l": np.array([np.inf, 1.0, -np.inf])})) == [0, 1, 2]
     spaced = np.array([2**25 + 4, 2**25, 1.0, 2**25 + 8], dtype=np.float32)  # whole, but f32 offsets would round
-    assert rows("sortby x", DictFrame({"x": spaced})) == [2, 1, 0, 3]
-    assert rows("sortby e", DictFrame({"e": np.array([], dtype=np.float32)})) == []
-    assert rows("sortby e", DictFrame({"e": np.array([1.0])})) == [0]
+    assert rows("sortby x", ArrayFrame({"x": spaced})) == [2, 1, 0, 3]
+    assert rows("sortby e", ArrayFrame({"e": np.array([], dtype=np.float32)})) == []
+    assert rows("sortby e", ArrayFrame({"e": np.array([1.0])})) == [0]
 
 
 def _reference_order(columns: dict[str, np.ndarray], keys: list[tuple[str, bool]], order: list[int]) -> list[int]:
@@ -348,7 +345,7 @@ def test_sort_matches_a_python_reference(data: tuple, keys: list[tuple[str, bool
         "g": np.array(float32s, dtype=np.float32),
         "w": np.array(wholes, dtype=np.float64),  # whole numbers in a float column, like the daemon's labels
     }
-    frame = DictFrame(columns)
+    frame = ArrayFrame(columns)
     start = list(range(len(floats)))
     rnd.shuffle(start)  # type: ignore[attr-defined]
     text = "sortby " + ", ".join(f"{name} {'desc' if d else 'asc'}" for name, d in keys)
@@ -463,14 +460,14 @@ def test_unknown_columns_are_reported_at_apply_time_with_the_known_ones() -> Non
     assert "did you mean 'loss'?" in message and "\n" not in message
     with pytest.raises(QueryError, match="unknown column 'zzz'"):
         parse("sortby zzz").sort(table(), np.array([], dtype=np.int64))
-    wide = DictFrame({f"c{i:02d}": np.zeros(2) for i in range(30)})
+    wide = ArrayFrame({f"c{i:02d}": np.zeros(2) for i in range(30)})
     with pytest.raises(QueryError, match=r"\(known: c00, c01, .*c19, …\)"):
         parse("nope == 1").mask(wide)
 
 
 def test_column_names_fall_back_to_a_unique_case_insensitive_match() -> None:
     assert rows("LOSS > 0.5") == rows("loss > 0.5")
-    clash = DictFrame({"a": np.arange(3), "A": np.arange(3)})
+    clash = ArrayFrame({"a": np.arange(3), "A": np.arange(3)})
     with pytest.raises(QueryError, match="unknown column"):
         parse("x > 1").mask(clash)
 
@@ -483,7 +480,7 @@ def test_numeric_column_against_a_non_number_is_an_error() -> None:
 
 
 def test_columns_and_tags_must_fit_the_table() -> None:
-    frame = DictFrame({"a": np.arange(4), "b": np.arange(3)}, {"t": np.ones(2, dtype=bool)})
+    frame = ArrayFrame({"a": np.arange(4), "b": np.arange(3)}, {"t": np.ones(2, dtype=bool)})
     with pytest.raises(QueryError, match="column 'b' has shape"):
         parse("b > 1").mask(frame)
     with pytest.raises(QueryError, match="has_tag"):
@@ -579,7 +576,7 @@ def _flat(kind: type[And] | type[Or], parts: list[Node]) -> Node:
     return kind(tuple(flat))
 
 
-def reference(node: Node, frame: DictFrame, i: int) -> bool:
+def reference(node: Node, frame: ArrayFrame, i: int) -> bool:
     """One row, in plain Python: what the vectorised engine must agree with."""
     if isinstance(node, Not):
         return not reference(node.operand, frame, i)
