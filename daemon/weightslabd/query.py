@@ -297,11 +297,13 @@ def _text_of(where: Node | None, order: tuple[SortKey, ...], join: str, sortby: 
 # Lexer
 # --------------------------------------------------------------------------------------------
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_./]*")
+# '-' may sit inside a name (the Studio's stats are named like `train-loss-CE`): with no arithmetic in
+# the language, `a-b` can only be a name, and a number after an operator (`loss>-1`) starts a new token.
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
 _TOKEN = re.compile(
     r"""
     (?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-](?:inf|nan)(?![A-Za-z0-9_./]))
-    |(?P<word>[A-Za-z_][A-Za-z0-9_./]*)
+    |(?P<word>[A-Za-z_][A-Za-z0-9_./-]*)
     |(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
     |(?P<name>`(?:[^`\\]|\\.)*`)
     |(?P<op>==|!=|>=|<=|=|>|<)

@@ -630,3 +630,11 @@ def test_backquoted_names_and_quoted_strings_round_trip(raw: str) -> None:
     q = Query(Compare(raw or "x", "==", s(raw)), (SortKey(raw or "x", True),))
     assert parse(str(q)) == q
     assert parse(str(Query(HasTag(raw)))) == Query(HasTag(raw))
+
+
+def test_a_hyphen_inside_a_name_is_part_of_it_as_the_studio_sends_stat_names() -> None:
+    frame = ArrayFrame({"train-loss-CE": np.array([0.5, 2.0, 1.0], dtype=np.float32), "loss": np.array([1.0, 2, 3])})
+    assert View().apply(parse("sortby train-loss-CE desc"), False).rows(frame).tolist() == [1, 2, 0]
+    assert parse("train-loss-CE > 0.9").mask(frame).tolist() == [False, True, True]
+    assert parse("loss>-1").mask(frame).all()  # after an operator, '-' starts a number
+    assert str(parse("sortby `train-loss-CE` desc")) == "sortby train-loss-CE desc"
