@@ -8,6 +8,9 @@ is not read as empty frames.
 
 A frame cut short by a crash (or a corrupt one) ends the readable part: everything before it is
 served, the tail is cut off on open so new frames follow good ones.
+
+Opening scans every frame to find that end, unless the caller names a prefix it already trusts (a
+snapshot's: its end and last frame, checked again here): then only the frames after it are scanned.
 """
 
 from __future__ import annotations
@@ -29,12 +32,18 @@ def _crc(length: bytes, payload: bytes | memoryview) -> int:
 
 
 class FramedLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, known: tuple[int, tuple[int, int] | None] | None = None) -> None:
+        """`known`: (end, (offset, crc) of the frame ending there) of a prefix not to scan again, if it
+        is still this file's (else the whole file is scanned, as without it)."""
         self.path = path
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.torn_bytes = 0
-        good = self._scan_end()
+        self.last_frame: tuple[int, int] | None = None  # (offset, crc) of the last good frame: names a prefix
+        self.skipped = known[0] if known is not None and self._holds(*known) else 0  # bytes not scanned
+        if self.skipped:
+            self.last_frame = known[1] if known is not None else None
+        good = self._scan_end(self.skipped)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         size = os.fstat(self._fd).st_size
         if size > good:
@@ -43,19 +52,38 @@ class FramedLog:
         os.lseek(self._fd, good, os.SEEK_SET)
         self.size = good
 
-    def _scan_end(self) -> int:
-        end = 0
-        for offset, payload in self._frames():
-            end = offset + FRAME.size + len(payload)
+    def _holds(self, end: int, frame: tuple[int, int] | None) -> bool:
+        """Whether the file's first `end` bytes end with `frame`, whose payload still checks out."""
+        if frame is None or end <= 0:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(frame[0])
+                head = f.read(FRAME.size)
+                if len(head) < FRAME.size:
+                    return False
+                length, crc = FRAME.unpack(head)
+                return (crc == frame[1] and frame[0] + FRAME.size + length == end
+                        and _crc(head[:4], f.read(length)) == crc)
+        except OSError:
+            return False
+
+    def _scan_end(self, start: int = 0) -> int:
+        end, last = start, None
+        for offset, payload in self._frames(start):
+            end, last = offset + FRAME.size + len(payload), (offset, payload)
+        if last is not None:
+            self.last_frame = (last[0], _crc(_LENGTH.pack(len(last[1])), last[1]))
         return end
 
-    def _frames(self) -> Iterator[tuple[int, bytes]]:
+    def _frames(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
         try:
             f = open(self.path, "rb")  # noqa: SIM115 - a generator holds it
         except FileNotFoundError:
             return
         with f:
-            offset = 0
+            offset = start
+            f.seek(start)
             while True:
                 head = f.read(FRAME.size)
                 if len(head) < FRAME.size:
@@ -69,9 +97,20 @@ class FramedLog:
                 yield offset, payload
                 offset += FRAME.size + length
 
-    def frames(self) -> Iterator[tuple[int, bytes]]:
-        """(offset, payload) of every good frame, in order."""
-        return self._frames()
+    def frames(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(offset, payload) of every good frame from `start` (a frame's offset, or the end of one), in order."""
+        return self._frames(start)
+
+    def ends_frame(self, end: int, frame: tuple[int, int] | None) -> bool:
+        """Whether this file's first `end` bytes end with `frame` ((offset, crc); None: end is 0), as when it
+        was noted: a cheap check that a prefix someone recorded is still this file's."""
+        if frame is None:
+            return end == 0
+        offset, crc = frame
+        if not 0 <= offset <= end - FRAME.size or end > self.size:
+            return False
+        length, stored = FRAME.unpack(os.pread(self._fd, FRAME.size, offset))
+        return stored == crc and offset + FRAME.size + length == end
 
     def append(self, payload: bytes | bytearray | memoryview, *, sync: bool = False) -> int:
         """Write one frame; with sync it is on disk (fsync) before this returns. Returns its offset.
@@ -91,6 +130,7 @@ class FramedLog:
                 os.lseek(self._fd, offset, os.SEEK_SET)
                 raise
             self.size = offset + FRAME.size + len(payload)
+            self.last_frame = (offset, FRAME.unpack(head)[1])
             return offset
 
     def _write_all(self, data: memoryview) -> None:

@@ -29,6 +29,22 @@ class Curve:
 
 
 @dataclass(frozen=True)
+class CurveImage:
+    """A copy of one curve, for a snapshot: its columns and where it stands in the append order."""
+
+    name: str
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float64
+    vmin: np.ndarray  # float64
+    vmax: np.ndarray  # float64
+    stamps: np.ndarray  # int64
+    last_append: int
+
+
+_COLUMNS = ("steps", "values", "vmin", "vmax", "stamps")
+
+
+@dataclass(frozen=True)
 class Points:
     name: str
     steps: np.ndarray
@@ -37,6 +53,10 @@ class Points:
     vmax: np.ndarray
     stamps: np.ndarray
     end: int  # the curve's length when read: where an incremental reader resumes
+
+
+def _copy(column: array) -> np.ndarray:
+    return np.frombuffer(column, dtype=column.typecode).copy()
 
 
 def decimate_indexes(n: int, max_points: int) -> np.ndarray:
@@ -95,3 +115,28 @@ class SignalHistory:
                 return None
             curve = max(self.curves.values(), key=lambda c: c.last_append)
             return curve.name, curve.steps[-1], curve.values[-1]
+
+    def image(self) -> tuple[int, list[CurveImage]]:
+        """(version, a copy of every curve in creation order): what `adopt` rebuilds the history from."""
+        with self._lock:
+            return self.version, [CurveImage(c.name, _copy(c.steps), _copy(c.values), _copy(c.vmin), _copy(c.vmax),
+                                             _copy(c.stamps), c.last_append) for c in self.curves.values()]
+
+    def adopt(self, version: int, curves: list[CurveImage]) -> None:
+        """Replace every curve by those of an image (taken by `image`, possibly in another process)."""
+        built: dict[str, Curve] = {}
+        for img in curves:
+            curve = Curve(img.name, last_append=img.last_append)
+            lengths = set()
+            for col in _COLUMNS:
+                column = getattr(curve, col)
+                data = np.ascontiguousarray(getattr(img, col), dtype=column.typecode)
+                column.frombytes(data.tobytes())
+                lengths.add(len(column))
+            if len(lengths) != 1 or img.last_append > version:
+                raise ValueError(f"curve {img.name!r}: columns of lengths {sorted(lengths)} or last append "
+                                 f"{img.last_append} past version {version}")
+            built[img.name] = curve
+        with self._lock:
+            self.curves = built
+            self.version = version

@@ -53,6 +53,7 @@ import structlog
 log = structlog.get_logger("weightslabd.predictions_h5")
 
 FILE_NAME = "predictions.h5"
+MAX_STEP_TAIL = 65536  # rows read from the end of a step column to find its highest step
 FORMAT = "weightslabd-predictions/1"
 _CHUNK_BYTES = 256 * 1024  # target size of one prediction chunk
 _ID_CHUNK = 8192  # rows per chunk of step and sample_id
@@ -390,6 +391,8 @@ class PredictionsH5:
             steps = [s for key, pend in self._pending.items() if key[0] == split for s, _ in pend.steps]
             group = self._file.get(_group_name(split)) if self._file is not None else None
             if group is not None:
-                steps += [int(group[f"step{t.suffix}"][:t.rows].max())
+                # Rows are appended in ring order, so steps never go back: the tail holds the highest,
+                # and reading it (not the whole column, seconds at 100M rows) keeps a run's open fast.
+                steps += [int(group[f"step{t.suffix}"][max(0, t.rows - MAX_STEP_TAIL):t.rows].max())
                           for key, t in self._sets.items() if key[0] == split and t.rows]
             return max(steps) if steps else None

@@ -4,13 +4,16 @@
                     signals.log      every ring record as received (framed; replayed at start)
                     previews.log     input tensors of samples, for the preview cache
                     edits.journal    the user's edits, fsynced before they are acknowledged
+                    snapshot/        the records' state as of a position in the two logs (snapshot.py)
 
 Live records and replayed ones go through the same `apply_record`, so a restarted daemon rebuilds
-exactly the state it served before.
+exactly the state it served before. A snapshot only shortens that: opening loads it, replays the
+journal, and replays the records after the positions it covers; the state is the full replay's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -31,6 +34,7 @@ from weightslab_shim import records, wire
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
 
+from . import snapshot
 from .framedlog import FramedLog
 from .history import SignalHistory
 from .predictions_h5 import FILE_NAME as H5_FILE
@@ -45,6 +49,7 @@ log = structlog.get_logger("weightslabd.run")
 SIGNAL_RECORDS = frozenset({RecordType.STEP, RecordType.EVAL})
 RECENT_PREVIEW_FRAMES = 16
 H5_FLUSH_ROWS = 65536
+FOLD_KEY = "instance_aggregation"
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -79,6 +84,10 @@ class RunOptions:
     thumbnail_size: int = 720
     batch_chunk_size: int = 0
     preview_warmup_wait_ms: int = 100
+    snapshots: bool = True  # write snapshots (at close, and in the background) and open from them
+    snapshot_every_records: int = snapshot.EVERY_RECORDS  # 0: only at close
+    snapshot_every_bytes: int = snapshot.EVERY_BYTES
+    snapshot_every_s: float = snapshot.EVERY_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunOptions:
@@ -127,6 +136,12 @@ class Run:
         self._unreadable_paths = 0
         self._recent_frames: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._seq = 0
+        # What the records alone made, kept apart so a snapshot holds it exactly (see _capture):
+        self._record_hparams: dict[str, Any] = {}  # every "hp" field, in order
+        self._records_step: int | None = None  # the step the records give, before the manifest's
+        self._folds: set[tuple[str, str]] = set()  # (where the fold came from, fold) of records with instances
+        self._ids_top: dict[str, int] = {}  # per split named in a record, its highest sample id
+        self._pred_upto: dict[str, int] = {}  # per split, the last step with predictions for the HDF5 file
         o = self.options
         self.preview_cache = PreviewCache(self.preview_array, max_entries=o.preview_cache_size,
                                           default_longest=o.thumbnail_size, warmup_wait_ms=o.preview_warmup_wait_ms,
@@ -134,16 +149,31 @@ class Run:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         for split, size in (manifest.get("splits") or {}).items():
             self.samples.ensure_split(split, int(size))
+        # A split added or grown after records named it makes the state differ from a replay (which sees
+        # the final sizes from the start): snapshots stop until the next open (see _note_layout).
+        self._layout_seen = self.samples.layout
+        self._layout_sizes = {name: t.size for name, t in self.samples.splits.items()}
+        self._exact = True
         self.sample_signals = SampleSignals()
         # Large flushes: h5py's cost is per call, not per row, and rows lost in a crash come back from
         # signals.log at the next start.
         self.predictions = PredictionsH5(folder / H5_FILE, flush_rows=H5_FLUSH_ROWS) if o.save_predictions_h5 else None
         saved = {s: self.predictions.max_step(s) for s in self.samples.splits} if self.predictions else {}
         self._h5_saved_upto: dict[str, int] = {s: step for s, step in saved.items() if step is not None}
-        self.signals = FramedLog(folder / "signals.log")
-        self.previews = FramedLog(folder / "previews.log")
+        loaded = self._load_snapshot()  # first: the logs need not scan again what it covers
+        self.signals = FramedLog(folder / "signals.log", _known(loaded.cut.signals) if loaded else None)
+        self.previews = FramedLog(folder / "previews.log", _known(loaded.cut.previews) if loaded else None)
         self.journal = FramedLog(folder / "edits.journal")
-        self._replay()
+        self._snapshot_lock = threading.Lock()  # one snapshot write at a time
+        self._snapshot: snapshot.Written | None = None  # the current one: what the next write links chunks from
+        self._snapshot_failing = False
+        self._closed = False
+        self.opened_from_snapshot = False  # how this open went (see _replay), for status and tests
+        self.replayed_records = 0
+        self._periodic = snapshot.Periodic(self.write_snapshot, self.run_id,
+                                           o.snapshot_every_records if o.snapshots else 0, o.snapshot_every_bytes,
+                                           o.snapshot_every_s)
+        self._replay(loaded)
         self.preview_cache.start()  # the previews replayed above are offered: preloading starts now
 
     @contextmanager
@@ -176,17 +206,178 @@ class Run:
             data = json.dumps(self.manifest, indent=1, default=str)
         write_durably(self.folder / "manifest.json", data.encode())
 
-    def _replay(self) -> None:
+    def _replay(self, loaded: snapshot.Loaded | None) -> None:
         """Rebuild the state: edits first, then the trainer's records, whose reported
-        hyperparameters are the truth of what was applied and so come last."""
-        for store, apply in ((self.journal, self._replay_edit), (self.signals, self._replay_record),
-                             (self.previews, self._index_previews)):
-            for offset, frame in store.frames():
-                try:
-                    apply(offset, frame)
-                except Exception as exc:  # noqa: BLE001 - one unreadable entry must not cost the whole run
-                    log.error("stored entry skipped", run=self.run_id, store=store.path.name, offset=offset,
-                              error=f"{type(exc).__name__}: {exc}")
+        hyperparameters are the truth of what was applied and so come last. A usable snapshot stands
+        for the records it covers; only those after it are replayed."""
+        began = time.monotonic()
+        self._replay_log(self.journal, self._replay_edit, 0)
+        if loaded is not None:
+            try:
+                reason = self._unusable(loaded.cut)
+                if reason is None:
+                    self._adopt(loaded.cut)
+            except Exception as exc:  # noqa: BLE001 - a damaged snapshot costs a full replay, nothing else
+                reason = f"{type(exc).__name__}: {exc}"
+            if reason:
+                log.warning("snapshot ignored, replaying the whole log", run=self.run_id, reason=reason[:300])
+                loaded = None
+            else:
+                self._snapshot = loaded.written
+        records = self._replay_log(self.signals, self._replay_record, loaded.cut.signals.end if loaded else 0)
+        previews = self._replay_log(self.previews, self._index_previews, loaded.cut.previews.end if loaded else 0)
+        self.opened_from_snapshot, self.replayed_records = loaded is not None, records
+        log.info("run opened", run=self.run_id, from_snapshot=loaded is not None, replayed_records=records,
+                 replayed_previews=previews, seconds=round(time.monotonic() - began, 3))
+
+    def _replay_log(self, store: FramedLog, apply: Any, start: int) -> int:
+        count = 0
+        for offset, frame in store.frames(start):
+            count += 1
+            try:
+                apply(offset, frame)
+            except Exception as exc:  # noqa: BLE001 - one unreadable entry must not cost the whole run
+                log.error("stored entry skipped", run=self.run_id, store=store.path.name, offset=offset,
+                          error=f"{type(exc).__name__}: {exc}")
+        return count
+
+    # -- snapshots (snapshot.py) -------------------------------------------------------------------
+
+    def _load_snapshot(self) -> snapshot.Loaded | None:
+        if not self.options.snapshots:
+            return None
+        root = self.folder / snapshot.DIR
+        try:
+            snapshot.prune(root)  # what a crash in the middle of a write left
+            return snapshot.load(root)
+        except Exception as exc:  # noqa: BLE001 - unreadable in any way: replay everything instead
+            log.warning("snapshot ignored, replaying the whole log", run=self.run_id,
+                        reason=f"{type(exc).__name__}: {exc}"[:300])
+            return None
+
+    def _unusable(self, cut: snapshot.Cut) -> str | None:
+        """Why the snapshot would not give the full replay's state here (None: it would). After the
+        journal's replay: the hyperparameters are then those the records were replayed over."""
+        if cut.run_id != self.run_id:
+            return f"it is of run {cut.run_id!r}"
+        if cut.state["layout"] != [[name, t.size] for name, t in self.samples.splits.items()]:
+            return "the run's splits are not those it was taken with"
+        for store, mark in ((self.signals, cut.signals), (self.previews, cut.previews)):
+            if not store.ends_frame(mark.end, mark.last_frame):
+                return f"{store.path.name} ({store.size} bytes) no longer holds the {mark.end} bytes it covers"
+        if self.predictions is not None:
+            for split, upto in cut.state["pred_upto"].items():
+                if upto > self._h5_saved_upto.get(split, -1):
+                    return f"{H5_FILE} lacks predictions of split {split!r} it covers (to step {upto})"
+        for source, how in cut.state["folds"]:
+            value = self.hparams.get(FOLD_KEY) if source == "" else json.loads(source)
+            if self._fold_of(value) != how:
+                return f"records it covers were folded with {how!r}; a replay now would not"
+        return None
+
+    def _adopt(self, cut: snapshot.Cut) -> None:
+        """Take a usable snapshot's state: everything fallible first, then the assignments."""
+        st = cut.state
+        for split, image in cut.tables.items():
+            self.samples.splits[split].check_records(image)
+        for split, offsets in cut.preview_offsets.items():
+            if offsets.dtype != np.int64 or len(offsets) > self.samples.splits[split].size:
+                raise ValueError(f"preview offsets of {split!r} do not fit the split")
+        history = SignalHistory()
+        history.adopt(cut.history_version, cut.curves)
+        sample_signals = SampleSignals()
+        sample_signals.adopt(cut.stores)
+        record_hparams = dict(st["hparams"])
+        folds = {(str(source), str(how)) for source, how in st["folds"]}
+        ids_top = {str(k): int(v) for k, v in st["ids_top"].items()}
+        pred_upto = {str(k): int(v) for k, v in st["pred_upto"].items()}
+        signal_home = {str(k): str(v) for k, v in st["signal_home"].items()}
+        records_step = None if st["step"] is None else int(st["step"])
+        last_position = int(st["last_position"])
+        # Nothing below fails.
+        for split, image in cut.tables.items():
+            self.samples.splits[split].adopt_records(image)
+        self.history, self.sample_signals = history, sample_signals
+        self.hparams.update(record_hparams)  # over the journal's: the trainer's reports come last
+        self._record_hparams, self._folds, self._ids_top, self._pred_upto = record_hparams, folds, ids_top, pred_upto
+        self._signal_home = signal_home
+        self._records_step = records_step
+        if records_step is not None:
+            self.step = max(self.step, records_step)
+        self.last_position = last_position
+        for split, offsets in cut.preview_offsets.items():
+            self.preview_offsets[split] = offsets
+            grown = self._offsets_of(split)
+            if grown is not None:
+                ids = np.flatnonzero(grown >= 0)
+                self.preview_cache.offer(split, ids[np.argsort(grown[ids], kind="stable")].tolist())
+
+    def _capture(self) -> snapshot.Cut | None:
+        """The records' state now, under the run lock (None: nothing new, or snapshots are off for now)."""
+        with self.lock:
+            self._periodic.cut()  # whatever comes of it: the background thread waits for as much again
+            self._note_layout()
+            if not self._exact:
+                return None
+            layout = [[name, t.size] for name, t in self.samples.splits.items()]
+            last = self._snapshot
+            if (last is not None and last.signals_end == self.signals.size and last.previews_end == self.previews.size
+                    and last.meta["state"]["layout"] == layout):
+                return None
+            state = {"step": self._records_step, "last_position": self.last_position,
+                     "hparams": dict(self._record_hparams), "signal_home": dict(self._signal_home),
+                     "folds": sorted(self._folds), "ids_top": dict(self._ids_top), "pred_upto": dict(self._pred_upto),
+                     "layout": layout}
+            version, curves = self.history.image()
+            return snapshot.Cut(self.run_id, snapshot.LogMark(self.signals.size, self.signals.last_frame),
+                                snapshot.LogMark(self.previews.size, self.previews.last_frame), state,
+                                {name: t.record_image() for name, t in self.samples.splits.items()},
+                                {name: o.copy() for name, o in self.preview_offsets.items()}, version, curves,
+                                self.sample_signals.images())
+
+    def write_snapshot(self) -> snapshot.Written | None:
+        """Write a snapshot of the records' state now: at close, and from the background (Periodic).
+        None when there is nothing new, snapshots are off, or it failed (logged once; the logs still
+        hold everything, so nothing is lost)."""
+        if not self.options.snapshots:
+            return None
+        with self._snapshot_lock:
+            began = time.monotonic()
+            cut = self._capture()  # the only part under the run lock
+            if cut is None:
+                return None
+            try:
+                if self.predictions is not None and not self.predictions.flush():
+                    raise OSError(f"{H5_FILE} could not be written, and the snapshot would cover its rows")
+                self.signals.sync()  # never cover what the logs might still lose
+                self.previews.sync()
+                written = snapshot.write(self.folder / snapshot.DIR, cut, self._snapshot)
+            except Exception as exc:  # noqa: BLE001 - ENOSPC and the like: keep running on the logs
+                if not self._snapshot_failing:
+                    log.error("snapshot not written; the logs still hold everything", run=self.run_id,
+                              error=f"{type(exc).__name__}: {exc}"[:300])
+                self._snapshot_failing = True
+                return None
+            if self._snapshot_failing:
+                log.info("snapshots written again", run=self.run_id)
+            self._snapshot_failing = False
+            self._snapshot = written = dataclasses.replace(written, seconds=time.monotonic() - began)
+            log.info("snapshot written", run=self.run_id, covers=cut.signals.end, bytes_written=written.bytes_written,
+                     bytes_linked=written.bytes_linked, seconds=round(written.seconds, 3))
+            return written
+
+    def _note_layout(self) -> None:
+        """Under the lock, once the splits changed: if a record before named samples a split only now has
+        (a new split, or ids past its old size), the state is no longer a replay's: stop snapshots."""
+        sizes = {name: t.size for name, t in self.samples.splits.items()}
+        for split, top in self._ids_top.items():
+            before = self._layout_sizes.get(split, 0)
+            if self._exact and sizes.get(split, 0) > before and top >= before:
+                self._exact = False
+                log.info("snapshots off until the run is opened again: a split grew after records named its "
+                         "new samples", run=self.run_id, split=split)
+        self._layout_sizes = sizes
+        self._layout_seen = self.samples.layout
 
     def _replay_edit(self, offset: int, frame: bytes) -> None:
         self._apply_edit(json.loads(frame))
@@ -197,12 +388,23 @@ class Run:
         self._apply(rtype, step, fields, stamp, position)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._periodic.stop()
         self.preview_cache.stop()
         if self.predictions is not None:
-            self.predictions.close()
+            self.predictions.close()  # first: the snapshot may cover only rows the file holds
         self.save_manifest()
-        for log in (self.signals, self.previews, self.journal):
-            log.close()
+        if self.options.snapshots:
+            with self.lock:
+                self._note_layout()
+            if self._exact:
+                self.write_snapshot()
+            else:
+                snapshot.remove(self.folder / snapshot.DIR)  # taken before the change: no longer usable
+        for framed in (self.signals, self.previews, self.journal):
+            framed.close()
 
     # -- records from the trainer --------------------------------------------------------------------
 
@@ -213,14 +415,18 @@ class Run:
         with self.lock:
             if position <= self.last_position:
                 return False
+            if self.samples.layout != self._layout_seen:
+                self._note_layout()
             stamp = int(time.time() * 1000)
             if rtype == RecordType.PREVIEW:
                 offset = self.previews.append(payload)
                 self.signals.append(STORED.pack(rtype, step, stamp, position))
                 self._index_previews(offset, payload, fields)
                 self.last_position = position
+                self._periodic.arrived(len(payload))
                 return True
             self.signals.append(STORED.pack(rtype, step, stamp, position) + bytes(payload))
+            self._periodic.arrived(len(payload))  # stored: a snapshot now covers it, applied or not
             self._apply(rtype, step, fields, stamp, position)
             self.changed.notify_all()
             return True
@@ -254,7 +460,11 @@ class Run:
                 # several values of one sample are its instances (annotations): one value per sample here
                 sample_ids, per_sample = flat_ids, values
                 if _repeats(flat_ids):
-                    sample_ids, per_sample = fold_per_sample(flat_ids, values, self.instance_aggregation())
+                    how = self.instance_aggregation()
+                    # where the fold came from: a snapshot is usable only while a replay would fold alike
+                    self._folds.add((json.dumps(self._record_hparams[FOLD_KEY], sort_keys=True)
+                                     if FOLD_KEY in self._record_hparams else "", how))
+                    sample_ids, per_sample = fold_per_sample(flat_ids, values, how)
                 table.set_signal(name, sample_ids, per_sample, step)
                 curves.setdefault(self._curve_name(name, split), []).append(per_sample)
             elif kind == "scalar" and len(parts) == 3:
@@ -262,7 +472,9 @@ class Run:
             elif kind in ("tgt", "pred", "praw") and len(parts) == 3:
                 batches.setdefault((parts[1], parts[2]), {})[kind] = arr
             elif kind == "hp":
-                self.hparams.update(records.as_json(arr))
+                reported = records.as_json(arr)
+                self.hparams.update(reported)
+                self._record_hparams.update(reported)
         for (split, serial), batch in batches.items():
             ids = ids_of.get(serial)
             table = self.samples.get(split)
@@ -275,9 +487,12 @@ class Run:
             if parts[0] in ("ids", "bids"):
                 seen.setdefault(parts[1], []).append(arr.reshape(-1))
         for split, id_arrays in seen.items():
+            named = np.concatenate(id_arrays)
+            if named.size:
+                self._ids_top[split] = max(self._ids_top.get(split, -1), int(named.max()))
             table = self.samples.get(split)
             if table is not None:  # once per step, however many signals named the sample
-                table.count_encounters(np.unique(np.concatenate(id_arrays)))
+                table.count_encounters(np.unique(named))
         for name, parts_ in curves.items():
             values = np.concatenate(parts_) if len(parts_) > 1 else parts_[0]
             finite = values[np.isfinite(values)]
@@ -286,10 +501,15 @@ class Run:
             self.history.append(name, step, float(finite.mean()), float(finite.min()), float(finite.max()), stamp)
         # Model age: training steps completed, as far as the records applied so far tell (it follows
         # ingest, like the curves). A training record's step is its index; an evaluation's the count.
-        self.step = max(self.step, step + 1 if rtype == RecordType.STEP else step)
+        reached = step + 1 if rtype == RecordType.STEP else step
+        self._records_step = reached if self._records_step is None else max(self._records_step, reached)
+        self.step = max(self.step, reached)
 
     def _save_predictions(self, split: str, step: int, ids: np.ndarray, preds: np.ndarray | None) -> None:
-        if self.predictions is None or preds is None or len(preds) != len(ids):
+        if preds is None or len(preds) != len(ids):
+            return
+        self._pred_upto[split] = max(self._pred_upto.get(split, step), step)
+        if self.predictions is None:
             return
         if step <= self._h5_saved_upto.get(split, -1):
             return  # replaying what the HDF5 file already holds
@@ -298,8 +518,10 @@ class Run:
     def instance_aggregation(self) -> str:
         """How a sample's instances fold into one value: the run's `instance_aggregation`
         hyperparameter if it names one, else WL_INSTANCE_AGGREGATION."""
-        how = self.hparams.get("instance_aggregation")
-        return how if how in ("mean", "max") else self.options.instance_aggregation
+        return self._fold_of(self.hparams.get(FOLD_KEY))
+
+    def _fold_of(self, value: Any) -> str:
+        return value if value in ("mean", "max") else self.options.instance_aggregation
 
     def home_split(self, signal: str) -> str | None:
         """The split whose curve of `signal` carries the bare name (see _curve_name)."""
@@ -315,10 +537,12 @@ class Run:
         for key, arr in (records.decode(payload) if fields is None else fields).items():
             parts = key.split(SEP)
             if parts[0] == "pids" and len(parts) == 3:
+                ids = arr.reshape(-1).astype(np.int64)
+                if ids.size:
+                    self._ids_top[parts[1]] = max(self._ids_top.get(parts[1], -1), int(ids.max()))
                 offsets = self._offsets_of(parts[1])
                 if offsets is None:
                     continue  # previews only of registered splits: never sized from a record's ids
-                ids = arr.reshape(-1).astype(np.int64)
                 ids = ids[(ids >= 0) & (ids < len(offsets))]
                 offsets[ids] = offset
                 self.preview_cache.offer(parts[1], ids.tolist())
@@ -471,6 +695,10 @@ class Run:
             for split, table in self.samples.splits.items():
                 out.append((0, "set_denied", {"split": split, "mask": wire.pack_mask(table.denied)}))
             return out
+
+
+def _known(mark: snapshot.LogMark) -> tuple[int, tuple[int, int] | None]:
+    return mark.end, mark.last_frame
 
 
 def _repeats(ids: np.ndarray) -> bool:

@@ -140,12 +140,53 @@ class _Chunk:
         self.offset = offset  # global position of its first value
         self.used = 0
 
+    @classmethod
+    def adopt(cls, image: ChunkImage) -> _Chunk:
+        """A chunk over an image's arrays (taken, not copied)."""
+        chunk = cls.__new__(cls)
+        chunk.ids, chunk.values, chunk.instances = image.ids, image.values, image.instances
+        chunk.first_record, chunk.offset, chunk.used = image.first_record, image.offset, image.used
+        return chunk
+
     @property
     def capacity(self) -> int:
         return len(self.ids)
 
     def nbytes(self) -> int:
         return self.ids.nbytes + self.values.nbytes + (self.instances.nbytes if self.instances is not None else 0)
+
+
+@dataclass(frozen=True)
+class ChunkImage:
+    """One chunk as of a cut: its arrays (whole capacity, by reference) and how many values were in use.
+
+    The first `used` values never change once written, so they may be read after the store's lock is let go."""
+
+    capacity: int
+    first_record: int
+    offset: int
+    used: int
+    ids: np.ndarray  # int32 [capacity]
+    values: np.ndarray  # float32 [capacity]
+    instances: np.ndarray | None  # int32 [capacity], or None: no record before the cut gave instance indexes
+
+
+@dataclass(frozen=True)
+class StoreImage:
+    """A `SignalStore` as of a cut: the record index (copies) and the chunks (see ChunkImage)."""
+
+    split: str
+    signal: str
+    records: int
+    values: int
+    steps: np.ndarray  # int64 [records]
+    starts: np.ndarray  # int64 [records + 1]
+    flags: np.ndarray  # uint8 [records]
+    sorted_steps: bool
+    max_id: int
+    any_instances: bool
+    bad_ids: int
+    chunks: tuple[ChunkImage, ...]
 
 
 @dataclass(frozen=True)
@@ -280,6 +321,35 @@ class SignalStore:
         flags = np.zeros(cap, dtype=np.uint8)
         flags[:len(self._flags)] = self._flags
         self._steps, self._starts, self._flags = steps, starts, flags
+
+    def image(self) -> StoreImage:
+        """The store as of now: the record index copied (17 bytes a record), the chunks by reference."""
+        with self._lock:
+            n = self._records
+            chunks = tuple(ChunkImage(c.capacity, c.first_record, c.offset, c.used, c.ids, c.values, c.instances)
+                           for c in self._chunks)
+            return StoreImage(self.split, self.signal, n, self._values, self._steps[:n].copy(),
+                              self._starts[:n + 1].copy(), self._flags[:n].copy(), self._sorted_steps, self._max_id,
+                              self._any_instances, self._bad_ids, chunks)
+
+    @classmethod
+    def from_image(cls, image: StoreImage, chunk_max: int = CHUNK_MAX) -> SignalStore:
+        """A store rebuilt from an image (its chunk arrays are taken, not copied); checks it hangs together."""
+        _check_image(image)
+        store = cls(image.split, image.signal, chunk_max)
+        n = image.records
+        cap = _INDEX_MIN
+        while cap < n:  # the capacity appends would have grown the index to
+            cap *= 2
+        store._steps = np.empty(cap, dtype=np.int64)
+        store._starts = np.zeros(cap + 1, dtype=np.int64)
+        store._flags = np.zeros(cap, dtype=np.uint8)
+        store._steps[:n], store._starts[:n + 1], store._flags[:n] = image.steps, image.starts, image.flags
+        store._chunks = [_Chunk.adopt(c) for c in image.chunks]
+        store._records, store._values = n, image.values
+        store._sorted_steps, store._max_id = image.sorted_steps, image.max_id
+        store._any_instances, store._bad_ids = image.any_instances, image.bad_ids
+        return store
 
     def _note_bad_ids(self, count: int) -> None:
         if not self._bad_ids:
@@ -455,6 +525,33 @@ class SignalStore:
         return out
 
 
+def _check_image(image: StoreImage) -> None:
+    """Raise ValueError unless the image's index and chunks describe one another (lengths, offsets, dtypes)."""
+    n, where = image.records, f"store {image.split!r}/{image.signal!r}"
+    if image.steps.shape != (n,) or image.starts.shape != (n + 1,) or image.flags.shape != (n,):
+        raise ValueError(f"{where}: index arrays do not hold {n} records")
+    if (image.steps.dtype, image.starts.dtype, image.flags.dtype) != (np.int64, np.int64, np.uint8):
+        raise ValueError(f"{where}: index arrays of the wrong dtypes")
+    if int(image.starts[0]) != 0 or int(image.starts[-1]) != image.values or (np.diff(image.starts) < 0).any():
+        raise ValueError(f"{where}: record starts do not run from 0 to {image.values}")
+    record, offset = 0, 0
+    for c in image.chunks:
+        arrays = [c.ids, c.values] + ([] if c.instances is None else [c.instances])
+        if any(a.shape != (c.capacity,) for a in arrays) or not 0 <= c.used <= c.capacity:
+            raise ValueError(f"{where}: a chunk's arrays do not match its capacity {c.capacity}")
+        if (c.ids.dtype, c.values.dtype) != (np.int32, np.float32) or (c.instances is not None
+                                                                       and c.instances.dtype != np.int32):
+            raise ValueError(f"{where}: chunk arrays of the wrong dtypes")
+        if c.first_record != record or c.offset != offset or int(image.starts[record]) != offset:
+            raise ValueError(f"{where}: chunk at value {c.offset} does not follow the one before")
+        end = int(np.searchsorted(image.starts, offset + c.used, side="right")) - 1
+        if int(image.starts[end]) != offset + c.used:  # a record never straddles two chunks
+            raise ValueError(f"{where}: chunk at value {c.offset} ends inside a record")
+        record, offset = end, offset + c.used
+    if record != n or offset != image.values:
+        raise ValueError(f"{where}: chunks hold {offset} values of {record} records, not {image.values} of {n}")
+
+
 def _aggregate_chunk(chunk: _Chunk, snap: _Snapshot, r0: int, r1: int, lookup: np.ndarray | None, how: str,
                      rec_ok: np.ndarray | None, part: _Partial) -> None:
     """Fill `part[r0:r1]` from records r0..r1 of `chunk` (all of them in it); `rec_ok`: which of them count."""
@@ -571,6 +668,20 @@ class SampleSignals:
         """The store of (split, signal) if anything was appended to it (readers: never creates one)."""
         with self._lock:
             return self._stores.get((split, signal))
+
+    def images(self) -> list[StoreImage]:
+        """An image of every store, in creation order (take it under the lock that orders appends)."""
+        with self._lock:
+            stores = list(self._stores.values())
+        return [s.image() for s in stores]
+
+    def adopt(self, images: list[StoreImage]) -> None:
+        """Replace every store by those rebuilt from `images` (all checked first: all or nothing)."""
+        stores = {(img.split, img.signal): SignalStore.from_image(img, self._chunk_max) for img in images}
+        if len(stores) != len(images):
+            raise ValueError("two store images of one (split, signal)")
+        with self._lock:
+            self._stores = stores
 
     def names(self) -> list[tuple[str, str]]:
         """(split, signal) of every store, in creation order."""

@@ -16,6 +16,18 @@ from numpy.typing import DTypeLike
 
 # Columns every row has, beside one column per signal (see SampleFrame.column).
 BASE_COLUMNS = ("sample_id", "origin", "label", "prediction", "encounters", "deny_listed", "tags", "last_step")
+# The columns the trainer's records fill besides the signals (what a snapshot keeps; denied and tags are the journal's).
+RECORD_COLUMNS = ("encounters", "label", "prediction", "last_step")
+
+
+@dataclass
+class TableImage:
+    """What the trainer's records made of one split: its signal and record columns (copies)."""
+
+    size: int
+    signals: dict[str, np.ndarray]
+    columns: dict[str, np.ndarray]  # RECORD_COLUMNS
+    task_type: str
 
 
 @dataclass
@@ -87,6 +99,30 @@ class SplitTable:
         for tag in [t for t, m in self.tag_masks.items() if not m.any()]:
             del self.tag_masks[tag]  # a tag nobody carries is no longer "in use"
 
+    def record_image(self) -> TableImage:
+        """Copies of the columns records fill: a consistent cut when taken under the run lock."""
+        return TableImage(self.size, {name: col.copy() for name, col in self.signals.items()},
+                          {name: getattr(self, name).copy() for name in RECORD_COLUMNS}, self.task_type)
+
+    def adopt_records(self, image: TableImage) -> None:
+        """Take the record columns of `image` (a split of the same size); denied and tags stay."""
+        self.check_records(image)
+        self.signals = dict(image.signals)
+        for name in RECORD_COLUMNS:
+            setattr(self, name, image.columns[name])
+        self.task_type = image.task_type
+
+    def check_records(self, image: TableImage) -> None:
+        """Raise ValueError unless `image` fits this split (size, columns, dtypes)."""
+        if image.size != self.size:
+            raise ValueError(f"split {self.name!r}: an image of {image.size} samples for a table of {self.size}")
+        wanted = [(name, col, np.dtype(np.float32)) for name, col in image.signals.items()]
+        wanted += [(name, image.columns[name], getattr(self, name).dtype) for name in RECORD_COLUMNS]
+        for name, col, dtype in wanted:
+            if col.shape != (self.size,) or col.dtype != dtype:
+                raise ValueError(f"split {self.name!r}: column {name!r} is {col.dtype}{col.shape}, "
+                                 f"not {dtype}({self.size},)")
+
     def tags_of(self, sample_id: int) -> list[str]:
         return sorted(t for t, m in self.tag_masks.items() if m[sample_id])
 
@@ -97,13 +133,16 @@ class SplitTable:
 class SampleTable:
     def __init__(self) -> None:
         self.splits: dict[str, SplitTable] = {}  # in registration order: the Studio lists them so
+        self.layout = 0  # bumps when a split is added or grows: records applied before saw another layout
 
     def ensure_split(self, name: str, size: int) -> SplitTable:
         table = self.splits.get(name)
         if table is None:
             table = self.splits[name] = SplitTable(name, size)
+            self.layout += 1
         elif size > table.size:
             table = self.splits[name] = _grown(table, size)
+            self.layout += 1
         return table
 
     def get(self, name: str) -> SplitTable | None:
