@@ -29,12 +29,14 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from .auth import credential_label
+from .peers import PeerTable, identify
 
 log = structlog.get_logger("weightslabd.audit")
 FIELDS = ("time", "action", "peer", "client_cert", "credential", "request", "outcome", "detail")
 QUEUE_LIMIT = 10_000
 REQUEST_LIMIT = 2000  # characters of the request kept in a line
 SECRET_FIELDS = frozenset({"api_key"})
+TLS_HANDSHAKE = "tls_handshake"  # the action of a refused TLS handshake (tls_front.py)
 QUIET_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
@@ -131,13 +133,27 @@ def outcome_of(response: Any) -> tuple[str, str]:
     return "OK", ""
 
 
+def _text(value: str | bytes | None) -> str:
+    """grpc hands status details back as bytes: the line shows the words, not a bytes literal."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+
+
+def handshake_event(peer: str, reason: str) -> dict[str, str]:
+    """A connection the TLS front refused before any call existed: no RPC, no token, only who and why."""
+    return {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "action": TLS_HANDSHAKE,
+            "peer": peer, "client_cert": "", "credential": "", "request": "", "outcome": "REFUSED",
+            "detail": reason[:500]}
+
+
 class AuditInterceptor(grpc.ServerInterceptor):
     """Outermost interceptor: it sees every call, the ones auth refuses included."""
 
-    def __init__(self, audit: AuditLog, tokens: Sequence[str], folder: Callable[[], Path | None]) -> None:
+    def __init__(self, audit: AuditLog, tokens: Sequence[str], folder: Callable[[], Path | None],
+                 peers: PeerTable | None = None) -> None:
         self.audit = audit
         self.tokens = list(tokens)
         self.folder = folder
+        self.peers = peers
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
                           details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -177,26 +193,25 @@ class AuditInterceptor(grpc.ServerInterceptor):
                  context: grpc.ServicerContext) -> Iterator[dict[str, Any]]:
         result: dict[str, Any] = {}
         outcome, detail = "OK", ""
+        who = identify(context, self.peers)  # now: the front forgets a connection once it has closed
         try:
             yield result
             outcome, detail = outcome_of(result.get("response"))
             code = context.code() if hasattr(context, "code") else None
             if code is not None and code != grpc.StatusCode.OK:
-                outcome, detail = code.name, str(context.details() or "")
+                outcome, detail = code.name, _text(context.details())
         except grpc.RpcError:
             raise
         except Exception as exc:
             code = context.code() if hasattr(context, "code") else None
             outcome = code.name if code is not None and code != grpc.StatusCode.OK else "UNKNOWN"
-            detail = str(context.details() or "") if code is not None else f"{type(exc).__name__}"
+            detail = _text(context.details()) if code is not None else f"{type(exc).__name__}"
             raise
         finally:
             detail = result.get("detail", detail)
-            auth = context.auth_context() or {}
-            cert = b",".join(auth.get("x509_common_name", [])).decode(errors="replace")
             self.audit.record(self.folder(), {
                 "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                "action": action, "peer": context.peer() or "", "client_cert": cert,
+                "action": action, "peer": who.address, "client_cert": who.client_cert,
                 "credential": credential, "request": describe_request(request),
                 "outcome": outcome, "detail": detail[:500],
             })

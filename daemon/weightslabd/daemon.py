@@ -16,30 +16,34 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import grpc
 import structlog
 
 from weightslab_shim.runtime import DAEMON_LOCK, ensure_private_dir
 
-from .audit import AuditLog
+from .audit import AuditLog, handshake_event
 from .cli_server import CliCommands, LineServer
 from .config import Settings
 from .control import ControlServer
+from .front_process import FrontProcess
 from .grpcweb import SOCKET_NAME, GrpcWebBridge, check_exposure
 from .grpcweb import enabled as grpc_web_enabled
 from .logs import reopen_log_files
+from .peers import PeerTable
 from .run import RunOptions
 from .runs import RunRegistry
-from .server import GrpcServer, build_server
+from .server import BindError, GrpcServer, build_server
 from .servicer import ExperimentServicer
 from .supervision import Supervisor
-from .tls import server_credentials
+from .tls import TlsConfig, server_ssl_context
+from .tls_front import SOCKET_NAME as FRONT_SOCKET
+from .tls_front import FrontError
 from .watchdog import InflightCalls, Watchdog
 
 log = structlog.get_logger("weightslabd")
 STATE_FILE = "daemon.json"
 DRAIN_SECONDS = 5.0
 WEB_DRAIN_SECONDS = 2.0  # browser streams end within half a second of `stopping`; later, calls are cancelled
+FRONT_CLOSE_SECONDS = 1.0  # after the gRPC server has drained, what the front still holds is flushed, then cut
 
 
 class BootError(Exception):
@@ -63,13 +67,15 @@ class Daemon:
         self.registry: RunRegistry | None = None
         self.servicer: ExperimentServicer | None = None
         self.audit: AuditLog | None = None
-        self.calls = InflightCalls()
+        self.peers = PeerTable()  # who is behind each of the TLS front's connections
+        self.calls = InflightCalls(self.peers)
         self.watchdog: Watchdog | None = None
         self.cli: CliCommands | None = None
         self.cli_server: LineServer | None = None
         self.web: GrpcWebBridge | None = None
         self._web_socket = self.runtime_dir / SOCKET_NAME if grpc_web_enabled(settings) else None
-        self._credentials: grpc.ServerCredentials | None = None
+        self._front_socket: Path | None = None  # with TLS on: where the front reaches the gRPC server
+        self.front: FrontProcess | None = None
         self.supervisor = Supervisor()
 
     # -- boot ------------------------------------------------------------------------------------
@@ -77,7 +83,7 @@ class Daemon:
     def boot(self) -> None:
         s = self.settings
         check_exposure(s)
-        credentials = self._tls_credentials()
+        tls = self._tls_config()
         try:
             ensure_private_dir(self.runtime_dir)
         except OSError as exc:
@@ -91,13 +97,26 @@ class Daemon:
         self.control.start()
         self.servicer = ExperimentServicer(self.registry, self.control, s.grpc_watchdog_stuck_seconds)
         self.audit = AuditLog(s.audit_log_format, s.log_dir())
-        self._credentials = credentials
         self.cli = CliCommands(self.servicer)
         shared = s.cli_shares_grpc_port()
-        self.grpc = build_server(s, self.servicer, credentials, self.audit, self.calls, self.cli if shared else None,
-                                 self._web_socket)
+        if tls is not None:
+            self._front_socket = self.runtime_dir / FRONT_SOCKET
+            self.front = FrontProcess(s.grpc_backend_host, s.grpc_backend_port, tls, self._front_socket,
+                                      self.runtime_dir, self.peers, self._audit_refusal)
+            try:
+                self.front.bind()  # the TCP port first: taken, it is the same one-line error as without TLS
+            except FrontError as exc:
+                raise BindError(str(exc)) from None
+        self.grpc = self._build_grpc(s)
         self.grpc.server.start()
         self.grpc.set_serving(True)
+        if self.front is not None:
+            try:
+                self.front.start()
+            except FrontError as exc:
+                raise BootError(str(exc)) from None
+            log.info("TLS front listening", address=self.front.address, upstream=str(self._front_socket),
+                     pid=self.front.pid)
         if self._web_socket is not None:
             self.web = GrpcWebBridge(s, self._web_socket)
             self.web.start()
@@ -124,8 +143,8 @@ class Daemon:
         else:
             log.info("watchdogs disabled (WEIGHTSLAB_DISABLE_WATCHDOGS)")
         self._write_state()
-        self.supervisor.ready(f"serving gRPC on {self.grpc.address}")
-        log.info("weightslabd ready", grpc=self.grpc.address, tls=credentials is not None,
+        self.supervisor.ready(f"serving gRPC on {self.grpc_address}")
+        log.info("weightslabd ready", grpc=self.grpc_address, tls=self.front is not None,
                  grpc_web=self.web.address if self.web is not None else "off",
                  control=self.control.endpoint, runs=len(self.registry.runs), pid=os.getpid())
 
@@ -133,23 +152,48 @@ class Daemon:
         """A new gRPC server on the same address; clients reconnect by themselves."""
         assert self.grpc is not None and self.servicer is not None and self.audit is not None
         old = self.grpc
-        old.server.stop(1.0).wait(2.0)
-        port = old.port
-        settings = self.settings.model_copy(update={"grpc_backend_port": port})
-        self.calls = InflightCalls()
+        old.server.stop(1.0).wait(2.0)  # the front's connections to it end; the front itself keeps listening
+        settings = self.settings.model_copy(update={"grpc_backend_port": old.port})
+        self.calls = InflightCalls(self.peers)
         if self.watchdog is not None:
             self.watchdog.replace_calls(self.calls)
-        self.grpc = build_server(settings, self.servicer, self._credentials, self.audit, self.calls,
-                                 self.cli if self.settings.cli_shares_grpc_port() else None, self._web_socket)
+        self.grpc = self._build_grpc(settings)
         self.grpc.server.start()
         self.grpc.set_serving(True)
         if self.web is not None:
             self.web.reconnect()  # the socket was re-created: no waiting out the channels' reconnect backoff
-        log.info("gRPC server restarted", grpc=self.grpc.address)
+        log.info("gRPC server restarted", grpc=self.grpc_address)
 
-    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+    @property
+    def grpc_port(self) -> int:
+        """The TCP port clients use: the TLS front's with TLS on, else the gRPC server's."""
+        assert self.grpc is not None
+        return self.front.port if self.front is not None else self.grpc.port
+
+    @property
+    def grpc_address(self) -> str:
+        assert self.grpc is not None
+        return self.front.address if self.front is not None else self.grpc.address
+
+    def _build_grpc(self, settings: Settings) -> GrpcServer:
+        assert self.servicer is not None and self.audit is not None
+        return build_server(settings, self.servicer, self.audit, self.calls,
+                            self.cli if settings.cli_shares_grpc_port() else None, web_socket=self._web_socket,
+                            front_socket=self._front_socket, peers=self.peers)
+
+    def _tls_config(self) -> TlsConfig | None:
+        """The TLS settings, their files checked now: a bad one stops the boot with one line."""
         cfg = self.settings.tls()
-        return server_credentials(cfg) if cfg.enabled else None
+        if not cfg.enabled:
+            return None
+        server_ssl_context(cfg)  # the front's process builds its own from the same files
+        return cfg
+
+    def _audit_refusal(self, peer: str, reason: str) -> None:
+        """A handshake the TLS front refused (on the front's thread: only enqueues)."""
+        if self.audit is not None:
+            folder = self.servicer.current_folder() if self.servicer is not None else None
+            self.audit.record(folder, handshake_event(peer, reason))
 
     def _take_lock(self) -> None:
         path = self.runtime_dir / DAEMON_LOCK
@@ -167,9 +211,9 @@ class Daemon:
 
     def _write_state(self) -> None:
         assert self.grpc is not None and self.control is not None
-        state = {"pid": os.getpid(), "grpc_address": self.grpc.address, "grpc_port": self.grpc.port,
+        state = {"pid": os.getpid(), "grpc_address": self.grpc_address, "grpc_port": self.grpc_port,
                  "control": self.control.endpoint,
-                 "cli_port": self.cli_server.port if self.cli_server is not None else self.grpc.port,
+                 "cli_port": self.cli_server.port if self.cli_server is not None else self.grpc_port,
                  "grpc_web_port": self.web.port if self.web is not None else None}
         tmp = self.runtime_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state))
@@ -218,8 +262,12 @@ class Daemon:
             self.servicer.stopping.set()
         if self.web is not None:  # before the gRPC server, so open browser streams end with a trailer
             self.web.stop(WEB_DRAIN_SECONDS)
+        if self.front is not None:  # no new connections; open ones drain with the gRPC server behind them
+            self.front.stop_accepting()
         if self.grpc is not None:
             self.grpc.stop(DRAIN_SECONDS)
+        if self.front is not None:
+            self.front.close(FRONT_CLOSE_SECONDS)
         if self.cli_server is not None:
             self.cli_server.stop()
         if self.audit is not None:

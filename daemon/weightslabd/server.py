@@ -1,4 +1,8 @@
-"""The gRPC server: thread pool, limits, TLS, token auth and health, around the Studio servicer."""
+"""The gRPC server: thread pool, limits, token auth and health, around the Studio servicer.
+
+With TLS off it listens on GRPC_BACKEND_HOST:PORT itself; with TLS on, only on a unix socket in the private
+runtime dir, behind the daemon's own TLS front (tls_front.py), which owns the TCP port.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from .auth import TokenAuthInterceptor
 from .cli_server import CliCommands
 from .cli_server import grpc_handler as cli_handler
 from .config import Settings
+from .peers import PeerTable, peer_address
 from .proto import experiment_service_pb2_grpc as pb_grpc
 from .servicer import ExperimentServicer
 from .watchdog import InflightCalls
@@ -37,6 +42,9 @@ class StrictDecoding(grpc.ServerInterceptor):
     """Requests are decoded inside the handler, where the peer is known: a malformed one is logged
     with the peer and answered INVALID_ARGUMENT, instead of grpc's anonymous INTERNAL."""
 
+    def __init__(self, peers: PeerTable | None = None) -> None:
+        self.peers = peers
+
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
                           details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
@@ -45,13 +53,14 @@ class StrictDecoding(grpc.ServerInterceptor):
             return handler
         decode = handler.request_deserializer
         method = details.method
+        peers = self.peers
 
         def parsed(raw: bytes, context: grpc.ServicerContext) -> Any:
             try:
                 return decode(raw)
             except Exception as exc:  # noqa: BLE001 - whatever the bytes, a clear refusal
-                log.error("malformed request rejected", method=method, peer=context.peer(), bytes=len(raw),
-                          error=f"{type(exc).__name__}: {exc}"[:300])
+                log.error("malformed request rejected", method=method, peer=peer_address(context, peers),
+                          bytes=len(raw), error=f"{type(exc).__name__}: {exc}"[:300])
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method.rsplit('/', 1)[-1]} request")
 
         if handler.unary_unary is not None:
@@ -85,11 +94,13 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def build_server(settings: Settings, servicer: ExperimentServicer, credentials: grpc.ServerCredentials | None,
-                 audit: AuditLog, calls: InflightCalls, cli: CliCommands | None = None,
-                 web_socket: Path | None = None) -> GrpcServer:
-    """The server on GRPC_BACKEND_HOST:PORT; with `web_socket`, also on that unix socket, without TLS (its
-    folder is the private runtime dir), for the built-in gRPC-Web bridge: same servicer, same interceptors."""
+def build_server(settings: Settings, servicer: ExperimentServicer, audit: AuditLog, calls: InflightCalls,
+                 cli: CliCommands | None = None, *, web_socket: Path | None = None, front_socket: Path | None = None,
+                 peers: PeerTable | None = None) -> GrpcServer:
+    """The server on GRPC_BACKEND_HOST:PORT, or with `front_socket` (TLS on) on that unix socket instead, for
+    the TLS front; with `web_socket`, also on that one, for the built-in gRPC-Web bridge. Unix sockets are
+    plain: their folder is the private runtime dir. Same servicer, same interceptors on every socket;
+    `peers` tells the audit who is behind the front's connections."""
     limit = settings.grpc_max_message_bytes
     options = [
         ("grpc.max_send_message_length", limit),
@@ -104,7 +115,8 @@ def build_server(settings: Settings, servicer: ExperimentServicer, credentials: 
         ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="grpc"),
         # Decoding first (a malformed request is refused with its peer named), then audit, so it records
         # the calls that auth refuses too, then auth, then the watchdog's in-flight tracking.
-        interceptors=[StrictDecoding(), AuditInterceptor(audit, settings.auth_tokens(), servicer.current_folder),
+        interceptors=[StrictDecoding(peers),
+                      AuditInterceptor(audit, settings.auth_tokens(), servicer.current_folder, peers),
                       TokenAuthInterceptor(settings.auth_tokens()), calls],
         options=options,
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or WORKERS,
@@ -114,26 +126,30 @@ def build_server(settings: Settings, servicer: ExperimentServicer, credentials: 
         server.add_generic_rpc_handlers((cli_handler(cli),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = host_port(settings.grpc_backend_host, settings.grpc_backend_port)
-    try:
-        port = (server.add_secure_port(address, credentials) if credentials is not None
-                else server.add_insecure_port(address))
-    except RuntimeError as exc:
-        raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={address}: cannot listen ({exc})") from None
-    if port == 0:
-        raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={address}: cannot listen (address in use?)")
+    if front_socket is not None:
+        _add_unix_port(server, front_socket, "the TLS front's socket", "use a shorter runtime dir")
+        port, address = 0, f"unix:{front_socket}"
+    else:
+        wanted = host_port(settings.grpc_backend_host, settings.grpc_backend_port)
+        try:
+            port = server.add_insecure_port(wanted)
+        except RuntimeError as exc:
+            raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={wanted}: cannot listen ({exc})") from None
+        if port == 0:
+            raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={wanted}: cannot listen (address in use?)")
+        address = host_port(settings.grpc_backend_host, port)
     if web_socket is not None:
-        _add_unix_port(server, web_socket)
-    result = GrpcServer(server, health_servicer, port, host_port(settings.grpc_backend_host, port))
+        _add_unix_port(server, web_socket, "the gRPC-Web socket",
+                       "use a shorter runtime dir, or WEIGHTSLAB_GRPC_WEB_PORT=-1 to turn gRPC-Web off")
+    result = GrpcServer(server, health_servicer, port, address)
     result.set_serving(False)
     return result
 
 
-def _add_unix_port(server: grpc.Server, path: Path) -> None:
-    where = f"WEIGHTSLAB_RUNTIME_DIR={path.parent}: the gRPC-Web socket {path}"
+def _add_unix_port(server: grpc.Server, path: Path, what: str, hint: str) -> None:
+    where = f"WEIGHTSLAB_RUNTIME_DIR={path.parent}: {what} {path}"
     if len(str(path).encode()) > UNIX_PATH_MAX:
-        raise BindError(f"{where} is longer than a unix socket path may be ({UNIX_PATH_MAX} bytes); use a "
-                        "shorter runtime dir, or WEIGHTSLAB_GRPC_WEB_PORT=-1 to turn gRPC-Web off")
+        raise BindError(f"{where} is longer than a unix socket path may be ({UNIX_PATH_MAX} bytes); {hint}")
     try:
         bound = server.add_insecure_port(f"unix:{path}")
     except RuntimeError as exc:

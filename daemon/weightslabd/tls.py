@@ -5,8 +5,9 @@ Three jobs, in the order a deployment meets them:
 - `generate_certs` makes a private CA, a server pair and a client pair (what `weightslabd certs` writes).
 - `resolve_tls` decides which settings and files apply: run config (sent by the shim) first, then the
   environment, then `~/certs` (see the gRPC Server table of the configuration document).
-- `server_credentials` / `channel_credentials` read and check those files, so a bad file stops the boot
-  with one line that names the setting, the path and the problem instead of a TLS handshake error later.
+- `server_ssl_context` (the daemon's TLS front), `server_credentials` and `channel_credentials` read and
+  check those files, so a bad file stops the boot with one line that names the setting, the path and the
+  problem instead of a TLS handshake error later.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,8 +219,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return constraints.ca
 
 
-def server_credentials(cfg: TlsConfig) -> grpc.ServerCredentials:
-    """Checks the server's files now (boot), then builds credentials; mTLS when client auth is required."""
+def _server_material(cfg: TlsConfig) -> tuple[bytes, bytes, bytes | None]:
+    """The server's certificate chain, key and (with client auth) CA roots, read and checked now (boot)."""
     if not cfg.enabled:
         raise ValueError("TLS is disabled (GRPC_TLS_ENABLED=0); bind an insecure port instead")
     cert_pem = _read(cfg.cert_file)
@@ -231,12 +233,41 @@ def server_credentials(cfg: TlsConfig) -> grpc.ServerCredentials:
         roots = _load_certs(cfg.ca_file, root_pem)
         if not any(_is_ca(cert) for cert in roots):
             raise TlsError.for_file(cfg.ca_file.setting, cfg.ca_file.path, "not a CA certificate")
+    return cert_pem, key_pem, root_pem
 
+
+def server_credentials(cfg: TlsConfig) -> grpc.ServerCredentials:
+    """Checks the server's files now (boot), then builds credentials; mTLS when client auth is required."""
+    cert_pem, key_pem, root_pem = _server_material(cfg)
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)],
         root_certificates=root_pem,
         require_client_auth=cfg.require_client_auth,
     )
+
+
+def server_ssl_context(cfg: TlsConfig) -> ssl.SSLContext:
+    """The same files and policy for the daemon's own TLS front: TLS >= 1.2, ALPN h2 (grpc clients insist),
+    and a verified client certificate when client auth is required."""
+    cert_pem, key_pem, root_pem = _server_material(cfg)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    try:
+        # load_cert_chain reads only files: these are the ones just checked.
+        context.load_cert_chain(cfg.cert_file.path, cfg.key_file.path)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsError.for_file(cfg.cert_file.setting, cfg.cert_file.path, f"rejected by OpenSSL ({exc})") from None
+    if root_pem is not None:
+        try:
+            context.load_verify_locations(cadata=root_pem.decode("ascii", errors="replace"))
+        except ssl.SSLError as exc:
+            raise TlsError.for_file(cfg.ca_file.setting, cfg.ca_file.path, f"rejected by OpenSSL ({exc})") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE  # as grpc's require_client_auth=False: no certificate asked for
+    return context
 
 
 def channel_credentials(cert_dir: Path, *, client_cert: bool = True) -> grpc.ChannelCredentials:

@@ -26,6 +26,7 @@ import grpc
 import structlog
 
 from .logs import log_watchdog
+from .peers import PeerTable, peer_address
 
 log = structlog.get_logger("weightslabd.watchdog")
 
@@ -109,9 +110,10 @@ def touch() -> None:
 class InflightCalls(grpc.ServerInterceptor):
     """Knows every RPC in flight and when each last made progress (a stream: its last message)."""
 
-    def __init__(self) -> None:
+    def __init__(self, peers: PeerTable | None = None) -> None:
         self._calls: dict[int, Call] = {}
         self._ids = itertools.count()
+        self.peers = peers  # names the client behind the TLS front
 
     def stuck(self, now: float, seconds: float) -> list[Call]:
         return sorted((c for c in list(self._calls.values()) if now - c.progress > seconds),
@@ -120,7 +122,7 @@ class InflightCalls(grpc.ServerInterceptor):
     @contextmanager
     def _tracked(self, method: str, context: grpc.ServicerContext) -> Iterator[Call]:
         now = time.monotonic()
-        call = Call(method, context.peer() or "", now, now)
+        call = Call(method, peer_address(context, self.peers), now, now)
         key = next(self._ids)
         self._calls[key] = call
         token = _current.set(call)

@@ -21,7 +21,8 @@ TOKENS = "first-secret-token,second-secret-token"
 def interact(daemon: Daemon) -> None:
     stub = daemon.stub()
     good = (("authorization", "Bearer second-secret-token"),)
-    stub.GetDataSplits(pb.Empty(), metadata=good, timeout=5)
+    # A TCP client's x-forwarded-for is not believed (only the gRPC-Web bridge's is): the peer stays its own.
+    stub.GetDataSplits(pb.Empty(), metadata=(*good, ("x-forwarded-for", "203.0.113.9")), timeout=5)
     cmd = pb.TrainerCommand(hyper_parameter_change=pb.HyperParameterCommand(
         hyper_parameters=pb.HyperParameters(learning_rate=float("nan"))))
     assert not stub.ExperimentCommand(cmd, metadata=good, timeout=5).success  # refused: invalid value

@@ -29,8 +29,8 @@ def tls_env(tmp_path: Path) -> dict[str, str]:
 
 
 def call(address: str, credentials: grpc.ChannelCredentials, metadata: tuple = ()) -> pb.DataSplitsResponse:  # type: ignore[type-arg]
-    stub = pb_grpc.ExperimentServiceStub(grpc.secure_channel(address, credentials))
-    return stub.GetDataSplits(pb.Empty(), timeout=5, metadata=metadata)
+    with grpc.secure_channel(address, credentials) as channel:  # closed: no reconnect attempts behind the test
+        return pb_grpc.ExperimentServiceStub(channel).GetDataSplits(pb.Empty(), timeout=5, metadata=metadata)
 
 
 def test_default_daemon_requires_a_client_certificate_and_a_token(tls_env: dict[str, str], tmp_path: Path) -> None:
@@ -101,6 +101,7 @@ def expired_client(cert_dir: Path, out: Path) -> grpc.ChannelCredentials:
 def test_auth_matrix(tls_env: dict[str, str], tmp_path: Path) -> None:
     """Each way in, refused or let through with the right status, and the audit log says who."""
     import json
+    import re
 
     from .harness import run_folder
 
@@ -133,8 +134,21 @@ def test_auth_matrix(tls_env: dict[str, str], tmp_path: Path) -> None:
     finally:
         daemon.stop()
     lines = [json.loads(line) for line in (run_folder(tmp_path) / "audit.jsonl").read_text().splitlines()]
-    # TLS refusals end in the handshake, before any call exists to audit; the calls that reached the
-    # server are all there, each with the credential it used.
-    assert [(e["credential"], e["outcome"], e["client_cert"]) for e in lines] == [
+    # The daemon terminates TLS itself (tls_front.py): a refused handshake is audited with the client's
+    # address and the reason, though no call ever existed.
+    peer = re.compile(r"ipv4:127\.0\.0\.1:\d+")
+    refused = [e for e in lines if e["action"] == "tls_handshake"]
+    assert all(e["outcome"] == "REFUSED" and peer.fullmatch(e["peer"]) for e in refused), refused
+    reasons = [e["detail"] for i, e in enumerate(refused) if i == 0 or e["detail"] != refused[i - 1]["detail"]]
+    assert reasons == ["no client certificate", "certificate verify failed: unable to get local issuer certificate",
+                       "certificate verify failed: certificate has expired"]
+    # The calls that got through are there too, each with the real TCP peer, the certificate and the token.
+    calls = [e for e in lines if e["action"] != "tls_handshake"]
+    assert [(e["credential"], e["outcome"], e["client_cert"]) for e in calls] == [
         ("none", "UNAUTHENTICATED", "weightslabd client"), ("invalid", "UNAUTHENTICATED", "weightslabd client"),
         ("token#1", "OK", "weightslabd client"), ("token#2", "OK", "weightslabd client")]
+    assert all(peer.fullmatch(e["peer"]) for e in calls), calls
+    assert calls[0]["detail"].startswith("missing credentials") and calls[1]["detail"] == "invalid credentials"
+    logged = [e for e in daemon.log_events() if e.get("event") == "TLS handshake refused"]
+    assert [e["reason"] for e in logged][:1] == ["no client certificate"] and len(logged) >= 3
+    assert "first-token" not in daemon.log() and "second-token" not in daemon.log()
