@@ -31,6 +31,30 @@ def _crc(length: bytes, payload: bytes | memoryview) -> int:
     return zlib.crc32(payload, zlib.crc32(length))
 
 
+def read_frames(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset, payload) of every good frame from `start`, read-only: for tools and tests that look at a
+    live daemon's files (opening a FramedLog would cut a frame the daemon is writing as "torn")."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - a generator holds it
+    except FileNotFoundError:
+        return
+    with f:
+        offset = start
+        f.seek(start)
+        while True:
+            head = f.read(FRAME.size)
+            if len(head) < FRAME.size:
+                return
+            length, crc = FRAME.unpack(head)
+            if length > MAX_FRAME:
+                return
+            payload = f.read(length)
+            if len(payload) < length or _crc(head[:4], payload) != crc:
+                return
+            yield offset, payload
+            offset += FRAME.size + length
+
+
 class FramedLog:
     def __init__(self, path: Path, known: tuple[int, tuple[int, int] | None] | None = None) -> None:
         """`known`: (end, (offset, crc) of the frame ending there) of a prefix not to scan again, if it
@@ -77,25 +101,7 @@ class FramedLog:
         return end
 
     def _frames(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
-        try:
-            f = open(self.path, "rb")  # noqa: SIM115 - a generator holds it
-        except FileNotFoundError:
-            return
-        with f:
-            offset = start
-            f.seek(start)
-            while True:
-                head = f.read(FRAME.size)
-                if len(head) < FRAME.size:
-                    return
-                length, crc = FRAME.unpack(head)
-                if length > MAX_FRAME:
-                    return
-                payload = f.read(length)
-                if len(payload) < length or _crc(head[:4], payload) != crc:
-                    return
-                yield offset, payload
-                offset += FRAME.size + length
+        return read_frames(self.path, start)
 
     def frames(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
         """(offset, payload) of every good frame from `start` (a frame's offset, or the end of one), in order."""

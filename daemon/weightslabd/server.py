@@ -29,7 +29,7 @@ from .servicer import ExperimentServicer
 from .watchdog import InflightCalls
 
 log = structlog.get_logger("weightslabd.server")
-WORKERS = 16
+WORKERS = 32  # threads: a Studio tab holds a stream and a few calls at once; 20 tabs fit
 SERVICE = "ExperimentService"
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
 
@@ -112,7 +112,7 @@ def build_server(settings: Settings, servicer: ExperimentServicer, audit: AuditL
         ("grpc.keepalive_permit_without_calls", 1),
     ]
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="grpc"),
+        ThreadPoolExecutor(max_workers=settings.grpc_max_concurrent_rpcs or WORKERS, thread_name_prefix="grpc"),
         # Decoding first (a malformed request is refused with its peer named), then audit, so it records
         # the calls that auth refuses too, then auth, then the watchdog's in-flight tracking.
         interceptors=[StrictDecoding(peers),

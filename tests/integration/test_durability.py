@@ -108,11 +108,9 @@ def test_twenty_daemon_kills_lose_nothing_acknowledged(daemon: Daemon, env: dict
     assert "Traceback" not in trainer.stderr()
     assert status["lr"] == pytest.approx(acknowledged[-1])
     assert hparams(daemon.stub())["learning_rate"] == pytest.approx(acknowledged[-1])
-    from weightslabd.framedlog import FramedLog
+    from weightslabd.framedlog import read_frames
 
-    journal = FramedLog(run_folder(tmp_path) / "edits.journal")
-    entries = [json.loads(frame) for _, frame in journal.frames()]
-    journal.close()
+    entries = [json.loads(frame) for _, frame in read_frames(run_folder(tmp_path) / "edits.journal")]
     journaled = [e["values"]["learning_rate"] for e in entries if e["kind"] == "hparams"]
     assert journaled == pytest.approx(acknowledged, rel=1e-6)  # every acknowledged edit, in order
     steps = loss_steps(daemon)

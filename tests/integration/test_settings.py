@@ -23,14 +23,12 @@ from .harness import TRAINER, Daemon, Trainer, base_env, history, hparams, run_f
 
 def hp_fields_in_store(tmp_path: Path) -> int:
     from weightslab_shim import records
-    from weightslabd.framedlog import FramedLog
+    from weightslabd.framedlog import read_frames
     from weightslabd.run import STORED
 
-    log = FramedLog(run_folder(tmp_path) / "signals.log")
-    try:
-        return sum("hp" in records.decode(memoryview(frame)[STORED.size:]) for _, frame in log.frames())
-    finally:
-        log.close()
+    # Read-only: the daemon is still writing this log.
+    return sum("hp" in records.decode(memoryview(frame)[STORED.size:])
+               for _, frame in read_frames(run_folder(tmp_path) / "signals.log"))
 
 
 def start(env: dict[str, str], tmp_path: Path, **settings: str) -> Daemon:
