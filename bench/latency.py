@@ -32,7 +32,7 @@ from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support.daemon import daemon_env, scratch_dir, wait_rings_gone  # noqa: E402
+from support.daemon import daemon_env, scratch_dir, stop_trainer_then_daemon  # noqa: E402
 
 TRAINER = textwrap.dedent("""
     import sys, time
@@ -142,11 +142,7 @@ def main() -> None:
                     time.sleep(0.01)
                 attach_ms.append((events(log, "trainer attached")[-1] - events(log, "weightslabd ready")[-1]) * 1000)
         finally:
-            trainer.kill()
-            trainer.wait()
-            wait_rings_gone(Path(env["WEIGHTSLAB_RUNTIME_DIR"]))  # before the daemon goes: no leftovers
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(15)
+            stop_trainer_then_daemon(trainer, daemon, Path(env["WEIGHTSLAB_RUNTIME_DIR"]))
     print(f"\nControl latencies ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f})")
     print(f"{'what':<52} {'n':>3} {'p50 ms':>7} {'max ms':>7}  goal")
     print(f"{'resume: is_training=true sent -> next step starts':<52} {len(resume_ms):>3} "

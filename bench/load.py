@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from weightslabd.tls import channel_credentials, generate_certs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import TRAINER, Steps, start_daemon  # noqa: E402
-from support.daemon import daemon_env, scratch_dir, wait_rings_gone  # noqa: E402
+from support.daemon import daemon_env, scratch_dir, stop_trainer_then_daemon  # noqa: E402
 
 GOAL_P99_MS = 50.0
 
@@ -110,11 +109,7 @@ def main() -> None:
                 t.join()
             loaded_until = time.time()
         finally:
-            trainer.kill()
-            trainer.wait()
-            wait_rings_gone(Path(env["WEIGHTSLAB_RUNTIME_DIR"]))  # before the daemon goes: no leftovers
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(15)
+            stop_trainer_then_daemon(trainer, daemon, Path(env["WEIGHTSLAB_RUNTIME_DIR"]))
     quiet, loaded = step_ms(steps, quiet_from, loaded_from), step_ms(steps, loaded_from, loaded_until)
     p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
     print(f"\nLoad: {args.pollers} Studio-like pollers, each a connection calling every 100 ms, "

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 DAEMON = Path(sys.executable).with_name("weightslabd")
 READY_TIMEOUT = 30.0
@@ -63,6 +64,15 @@ def running_daemon(root: Path, runtime: Path | None = None) -> Iterator[Path]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def stop_trainer_then_daemon(trainer: subprocess.Popen[Any], daemon: subprocess.Popen[Any], runtime: Path) -> None:
+    """Kill the trainer, let the daemon drain and unlink its ring (no leftovers), then stop the daemon."""
+    trainer.kill()
+    trainer.wait()
+    wait_rings_gone(runtime)
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(15)
 
 
 def wait_rings_gone(runtime: Path, timeout: float = 5.0) -> bool:

@@ -31,14 +31,15 @@ def of_view(run: Run, client: ClientView, request: Any, lock_timeout: float) -> 
         names = frame.column_names()
         if column not in names:
             return pb.HistogramResponse(success=False, message=f"unknown column {column!r} (known: {', '.join(names)})")
-        values = frame.column(column)[rows] if column != "tags" else rows  # tags are counted from their masks
+        tagged = column == "tags"  # counted from the tag masks, one bar per tag: no joined text needed
+        values = np.empty(0) if tagged else frame.column(column)[rows]
         split_of = np.searchsorted(frame.offsets, rows, side="right") - 1
         denied = frame.column("deny_listed")[rows]
         split_names = [t.name for t in frame.tables]
-        tag_masks = {tag: frame.has_tag(tag)[rows] for tag in run.samples.unique_tags()} if column == "tags" else {}
+        tag_masks = {tag: frame.has_tag(tag)[rows] for tag in run.samples.unique_tags()} if tagged else {}
     group = split_of * 2 + denied.astype(np.int64)  # (split, discarded) as one code
     response = pb.HistogramResponse(success=True, total_rows=len(rows))
-    if column == "tags":
+    if tagged:
         response.is_categorical = True
         _tag_bars(response, tag_masks, group, split_names)
     elif values.dtype.kind in "OUSb":

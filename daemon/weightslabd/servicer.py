@@ -95,10 +95,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
     # -- training control --------------------------------------------------------------------
 
     def ExperimentCommand(self, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return self._command(request)
-        except StateBusy as busy:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(busy))
+        return self._busy_guard(context, lambda: self._command(request))
 
     def _holding(self, run: Run) -> AbstractContextManager[None]:
         return run.holding(self.lock_timeout)
