@@ -26,7 +26,7 @@ import numpy as np
 
 from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
-from weightslabd.tls import channel_credentials, generate_certs
+from weightslabd.security.tls import channel_credentials, generate_certs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import TRAINER, Steps, start_daemon  # noqa: E402

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from weightslabd.query import ArrayFrame, View, parse
+from weightslabd.api.query import ArrayFrame, View, parse
 
 GOAL_MS = 300.0
 PARSE_GOAL_US = 1000.0

@@ -36,12 +36,12 @@ import numpy as np
 from weightslab_shim import records
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslabd.control import ControlServer
+from weightslabd.api.servicer import ExperimentServicer
+from weightslabd.ipc.control import ControlServer
 from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
-from weightslabd.run import Run, RunOptions
-from weightslabd.runs import RunRegistry
-from weightslabd.servicer import ExperimentServicer
+from weightslabd.store.run import Run, RunOptions
+from weightslabd.store.runs import RunRegistry
 
 BATCH = 256
 CURVE_STEPS = 100_000

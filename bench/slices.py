@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weightslabd.sample_signals import SignalStore
+from weightslabd.store.sample_signals import SignalStore
 
 BATCH = 256
 SAMPLES = 1_000_000

@@ -31,8 +31,8 @@ import structlog
 from weightslab_shim import records
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslabd import snapshot
-from weightslabd.run import Run, RunOptions
+from weightslabd.store import snapshot
+from weightslabd.store.run import Run, RunOptions
 
 BATCH = 256
 SAMPLES = 1_000_000

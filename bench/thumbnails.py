@@ -27,9 +27,9 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
-from weightslabd.previews import PreviewCache, data_stat
 from weightslabd.proto import experiment_service_pb2 as pb
-from weightslabd.thumbnails import encode_as, thumbnail, to_image
+from weightslabd.store.previews import PreviewCache, data_stat
+from weightslabd.store.thumbnails import encode_as, thumbnail, to_image
 
 PAGE = 128
 

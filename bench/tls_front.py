@@ -44,10 +44,10 @@ OPTIONS = [("grpc.max_send_message_length", LIMIT), ("grpc.max_receive_message_l
 
 
 def serve(way: str, root: Path) -> None:
-    from weightslabd.front_process import FrontProcess
-    from weightslabd.peers import PeerTable
-    from weightslabd.tls import TlsEnv, resolve_tls, server_credentials, server_ssl_context
-    from weightslabd.tls_front import TlsFront
+    from weightslabd.security.front_process import FrontProcess
+    from weightslabd.security.peers import PeerTable
+    from weightslabd.security.tls import TlsEnv, resolve_tls, server_credentials, server_ssl_context
+    from weightslabd.security.tls_front import TlsFront
 
     blob = os.urandom(LIMIT)
     handlers = {
@@ -84,7 +84,7 @@ def serve(way: str, root: Path) -> None:
 
 
 def channel(way: str, port: int, root: Path) -> grpc.Channel:
-    from weightslabd.tls import channel_credentials
+    from weightslabd.security.tls import channel_credentials
 
     own = [*OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
     if way == "plain":
@@ -161,7 +161,7 @@ def main() -> None:
         return
     if args.quick:
         args.megabytes, args.pings = 20, 400
-    from weightslabd.tls import generate_certs
+    from weightslabd.security.tls import generate_certs
 
     rows = []
     with scratch_dir("wl-bench-tls-") as root:

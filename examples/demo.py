@@ -22,7 +22,7 @@ from weightslab_shim.runtime import resolve_runtime_dir
 from weightslabd.config import load_settings
 from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
-from weightslabd.tls import channel_credentials, generate_certs
+from weightslabd.security.tls import channel_credentials, generate_certs
 
 HERE = Path(__file__).resolve().parent
 STATE = HERE.parent / "demo-state"

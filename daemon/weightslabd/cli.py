@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import ConfigError, Settings, load_settings, render_effective
+from weightslabd import __version__
+from weightslabd.config import ConfigError, Settings, load_settings, render_effective
 
 EXIT_USAGE = 2
 
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if settings.grpc_verbosity:
         os.environ["GRPC_VERBOSITY"] = settings.grpc_verbosity  # read once, when grpc loads: so before that
-    from .server import BindError
-    from .tls import TlsError
+    from weightslabd.api.server import BindError
+    from weightslabd.security.tls import TlsError
 
     try:
         if args.command == "config":
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "certs":
             return _certs(settings, args)
         if args.command == "cli":
-            from .cli_client import run as run_cli
-            from .daemon import read_state
+            from weightslabd.daemon import read_state
+            from weightslabd.ops.cli_client import run as run_cli
 
             return run_cli(settings, args.command_line, read_state(settings.runtime_dir()))
         return _serve(settings)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _certs(settings: Settings, args: argparse.Namespace) -> int:
-    from .tls import generate_certs
+    from weightslabd.security.tls import generate_certs
 
     cert_dir = (args.dir or settings.grpc_tls_cert_dir).expanduser()
     paths = generate_certs(cert_dir, args.host, overwrite=args.force)
@@ -70,10 +70,10 @@ def _certs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from .daemon import BootError, Daemon  # grpc and friends load only when serving
-    from .logs import configure_logging
-    from .server import BindError
-    from .tls import TlsError
+    from weightslabd.api.server import BindError
+    from weightslabd.daemon import BootError, Daemon  # grpc and friends load only when serving
+    from weightslabd.ops.logs import configure_logging
+    from weightslabd.security.tls import TlsError
 
     configure_logging(settings.weightslab_log_level, log_to_file=settings.weightslab_log_to_file,
                       log_dir=settings.log_dir(), secrets=settings.secret_values())

@@ -10,19 +10,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import Field, GetCoreSchemaHandler, PrivateAttr, SecretStr, ValidationError
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from weightslab_shim.runtime import resolve_runtime_dir
-
-from .cors import parse_origins
-
-if TYPE_CHECKING:  # tls imports grpc, which must not load before GRPC_VERBOSITY is applied
-    from .tls import TlsConfig, TlsEnv
-
+from weightslabd.origins import parse_origins
 
 ENVIRONMENT = "environment"
 DEFAULT = "default"
@@ -508,25 +503,6 @@ class Settings(BaseSettings):
         env = os.environ if environ is None else environ
         state = env.get("XDG_STATE_HOME", "").strip()
         return (Path(state) if state else Path("~/.local/state").expanduser()) / "weightslabd"
-
-    def tls_env(self) -> TlsEnv:
-        """The GRPC_TLS_* side of the TLS settings, for `tls.resolve_tls`."""
-        from .tls import TlsEnv
-
-        return TlsEnv(
-            enabled=self.grpc_tls_enabled,
-            require_client_auth=self.grpc_tls_require_client_auth,
-            cert_dir=str(self.grpc_tls_cert_dir),
-            key_file=str(self.grpc_tls_key_file) if self.grpc_tls_key_file else None,
-            cert_file=str(self.grpc_tls_cert_file) if self.grpc_tls_cert_file else None,
-            ca_file=str(self.grpc_tls_ca_file) if self.grpc_tls_ca_file else None,
-        )
-
-    def tls(self, run_config: Mapping[str, object] | None = None) -> TlsConfig:
-        """TLS with the documented precedence: the run config's grpc_tls_* keys, then GRPC_TLS_*."""
-        from .tls import resolve_tls
-
-        return resolve_tls(self.tls_env(), run_config)
 
 
 # --- documentation of the fields ------------------------------------------------------------------

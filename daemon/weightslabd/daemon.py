@@ -19,25 +19,24 @@ from typing import Any
 import structlog
 
 from weightslab_shim.runtime import DAEMON_LOCK, ensure_private_dir
-
-from .audit import AuditLog, handshake_event
-from .cli_server import CliCommands, LineServer
-from .config import Settings
-from .control import ControlServer
-from .front_process import FrontProcess
-from .grpcweb import SOCKET_NAME, GrpcWebBridge, check_exposure
-from .grpcweb import enabled as grpc_web_enabled
-from .logs import reopen_log_files
-from .peers import PeerTable
-from .run import RunOptions
-from .runs import RunRegistry
-from .server import BindError, GrpcServer, build_server
-from .servicer import ExperimentServicer
-from .supervision import Supervisor
-from .tls import TlsConfig, server_ssl_context
-from .tls_front import SOCKET_NAME as FRONT_SOCKET
-from .tls_front import FrontError
-from .watchdog import InflightCalls, Watchdog
+from weightslabd.api.cli_server import CliCommands, LineServer
+from weightslabd.api.grpcweb import SOCKET_NAME, GrpcWebBridge, check_exposure
+from weightslabd.api.grpcweb import enabled as grpc_web_enabled
+from weightslabd.api.server import BindError, GrpcServer, build_server
+from weightslabd.api.servicer import ExperimentServicer
+from weightslabd.config import Settings
+from weightslabd.ipc.control import ControlServer
+from weightslabd.ops.logs import reopen_log_files
+from weightslabd.ops.supervision import Supervisor
+from weightslabd.ops.watchdog import InflightCalls, Watchdog
+from weightslabd.security.audit import AuditLog, handshake_event
+from weightslabd.security.front_process import FrontProcess
+from weightslabd.security.peers import PeerTable
+from weightslabd.security.tls import TlsConfig, server_ssl_context, settings_tls
+from weightslabd.security.tls_front import SOCKET_NAME as FRONT_SOCKET
+from weightslabd.security.tls_front import FrontError
+from weightslabd.store.run import RunOptions
+from weightslabd.store.runs import RunRegistry
 
 log = structlog.get_logger("weightslabd")
 STATE_FILE = "daemon.json"
@@ -183,7 +182,7 @@ class Daemon:
 
     def _tls_config(self) -> TlsConfig | None:
         """The TLS settings, their files checked now: a bad one stops the boot with one line."""
-        cfg = self.settings.tls()
+        cfg = settings_tls(self.settings)
         if not cfg.enabled:
             return None
         server_ssl_context(cfg)  # the front's process builds its own from the same files

@@ -183,7 +183,7 @@ def test_chunk_size_splits_on_demand_encoding(tmp_path: Path, chunk: str) -> Non
 @pytest.mark.parametrize(("wait_ms", "applied"), [("5000", 1000), ("250", 250), ("0", 0)])
 def test_warmup_wait_reaches_the_cache_clamped(tmp_path: Path, wait_ms: str, applied: int) -> None:
     # What the wait does (a reader takes the preload's thumbnail instead of encoding it twice) is shown
-    # with a gated source in tests/unit/test_previews.py; here, that the daemon applies the setting.
+    # with a gated source in tests/unit/store/test_previews.py; here, that the daemon applies the setting.
     daemon, env = start(tmp_path, WL_PREVIEW_CACHE_WARMUP_WAIT_MS=wait_ms)
     try:
         Trainer(env, tmp_path, "--steps", "3").wait(60)

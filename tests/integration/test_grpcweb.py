@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from weightslabd.api.grpcweb import MAX_CONNECTIONS
 from weightslabd.config import load_settings
-from weightslabd.grpcweb import MAX_CONNECTIONS
 from weightslabd.proto import experiment_service_pb2 as pb
 
 from .harness import Daemon, Trainer, history, run_folder, wait_for

@@ -14,7 +14,7 @@ import pytest
 from weightslab_shim.runtime import control_endpoint
 from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
-from weightslabd.tls import channel_credentials, generate_certs
+from weightslabd.security.tls import channel_credentials, generate_certs
 
 from .harness import Daemon, Trainer, base_env
 

@@ -23,8 +23,8 @@ from .harness import TRAINER, Daemon, Trainer, base_env, history, hparams, run_f
 
 def hp_fields_in_store(tmp_path: Path) -> int:
     from weightslab_shim import records
-    from weightslabd.framedlog import read_frames
-    from weightslabd.run import STORED
+    from weightslabd.store.framedlog import read_frames
+    from weightslabd.store.run import STORED
 
     # Read-only: the daemon is still writing this log.
     return sum("hp" in records.decode(memoryview(frame)[STORED.size:])
@@ -81,9 +81,12 @@ def test_hp_sync_sends_hyperparameters_with_steps_or_only_on_demand(tmp_path: Pa
         wait_for(lambda: len(history(stub)) > 30, 10, "steps after the trainer changed its hyperparameters")
         # While the trainer runs, the UI sees the change either way: synced, or fetched on demand.
         wait_for(lambda: hparams(stub).get("custom_knob") == 20, 10, "the trainer's own change to show")
+        # What crossed the ring: with sync, the steps carry the hyperparameters; without, none does.
+        if sync == "1":
+            wait_for(lambda: hp_fields_in_store(tmp_path) > 0, 10, "a stored step carrying the hyperparameters")
         trainer.kill()
-        # What crossed the ring: with sync, the steps carried the hyperparameters; without, none did.
-        assert (hp_fields_in_store(tmp_path) > 0) is (sync == "1")
+        if sync == "0":
+            assert hp_fields_in_store(tmp_path) == 0
     finally:
         daemon.stop()
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from weightslabd import snapshot
 from weightslabd.proto import experiment_service_pb2 as pb
+from weightslabd.store import snapshot
 
 from .harness import Daemon, Trainer, history, run_folder, wait_for
 

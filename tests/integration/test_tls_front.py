@@ -29,12 +29,12 @@ from typing import Any
 import grpc
 import pytest
 
-from weightslabd import tls_front
-from weightslabd.peers import PeerTable, identify
 from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
-from weightslabd.tls import TlsEnv, channel_credentials, generate_certs, resolve_tls, server_ssl_context
-from weightslabd.tls_front import TlsFront
+from weightslabd.security import tls_front
+from weightslabd.security.peers import PeerTable, identify
+from weightslabd.security.tls import TlsEnv, channel_credentials, generate_certs, resolve_tls, server_ssl_context
+from weightslabd.security.tls_front import TlsFront
 
 from .harness import Daemon, Trainer, base_env, free_port, run_folder, wait_for
 
@@ -225,7 +225,7 @@ def test_client_killed_mid_stream_closes_the_upstream_and_forgets_the_peer(front
     # A client process that dies with a stream open: no goodbye of any kind, only the kernel closing its socket.
     script = (
         "import sys, grpc\n"
-        "from weightslabd.tls import channel_credentials\n"
+        "from weightslabd.security.tls import channel_credentials\n"
         f"ch = grpc.secure_channel({front.target!r}, channel_credentials({str(front.certs)!r}))\n"
         "stream = ch.unary_stream('/t.T/Hold')(b'', timeout=60)\n"
         "print(next(stream).decode(), flush=True)\n"
@@ -462,7 +462,7 @@ def front_processes(runtime: Path) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if b"weightslabd.front_process" in argv and str(runtime).encode() in argv:
+        if b"weightslabd.security.front_process" in argv and str(runtime).encode() in argv:
             found.append(int(proc.name))
     return found
 

@@ -20,7 +20,7 @@ from weightslabd.config import (
     settings_reference,
     unknown_keys,
 )
-from weightslabd.tls import TlsError
+from weightslabd.security.tls import TlsError, settings_tls
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "CONFIGURATION-SPEC.rst"
@@ -106,7 +106,7 @@ def test_every_default_is_the_documented_one(variable: str, expected: Any) -> No
 
 
 def test_documented_tls_file_defaults_lie_in_the_cert_dir() -> None:
-    tls = Settings().tls()
+    tls = settings_tls(Settings())
     certs = Path("~/certs").expanduser()
     assert (tls.key_file.path, tls.cert_file.path, tls.ca_file.path) == (
         certs / "backend-server.key",
@@ -366,15 +366,15 @@ def test_root_log_dir_defaults_next_to_the_training_script(tmp_path: Path) -> No
 def test_tls_run_config_comes_first_then_environment(tmp_path: Path) -> None:
     environ = {"GRPC_TLS_ENABLED": "1", "GRPC_TLS_KEY_FILE": "/env/key.pem", "GRPC_TLS_CERT_DIR": "/env/crt"}
     settings = load_settings(None, environ)
-    tls = settings.tls({"grpc_tls_enabled": False, "grpc_tls_cert_file": "/run/cert.pem",
+    tls = settings_tls(settings, {"grpc_tls_enabled": False, "grpc_tls_cert_file": "/run/cert.pem",
                         "grpc_tls_cert_dir": "/run/certs"})
     assert tls.enabled is False
     assert tls.key_file.path == Path("/env/key.pem")  # no run value: the environment's file
     assert tls.cert_file.path == Path("/run/cert.pem")  # run value first
     assert tls.ca_file.path == Path("/run/certs/ca.crt")  # run cert dir before GRPC_TLS_CERT_DIR
-    assert settings.tls().ca_file.path == Path("/env/crt/ca.crt")
+    assert settings_tls(settings).ca_file.path == Path("/env/crt/ca.crt")
     with pytest.raises(TlsError, match=r"^grpc_tls_require_client_auth='perhaps' \(run config\)"):
-        settings.tls({"grpc_tls_require_client_auth": "perhaps"})
+        settings_tls(settings, {"grpc_tls_require_client_auth": "perhaps"})
 
 
 # --- agreement of the class with .env, the docs and the configuration document ---------------------
@@ -446,8 +446,9 @@ def test_every_backend_variable_of_the_spec_is_a_field_with_its_default() -> Non
     assert len(rows) >= 40
     assert {variable for variable, _ in rows} <= {name.upper() for name in Settings.model_fields}
     defaults = Settings()
-    tls = {"GRPC_TLS_KEY_FILE": defaults.tls().key_file.path, "GRPC_TLS_CERT_FILE": defaults.tls().cert_file.path,
-           "GRPC_TLS_CA_FILE": defaults.tls().ca_file.path}
+    resolved = settings_tls(defaults)
+    tls = {"GRPC_TLS_KEY_FILE": resolved.key_file.path, "GRPC_TLS_CERT_FILE": resolved.cert_file.path,
+           "GRPC_TLS_CA_FILE": resolved.ca_file.path}
     for variable, cell in rows:
         literal = re.fullmatch(r"``(.+)``", cell.strip())
         field = variable.lower()

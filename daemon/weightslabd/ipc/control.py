@@ -1,0 +1,315 @@
+"""The control channel's daemon end: a ROUTER socket in the private runtime directory.
+
+One thread owns the socket. It welcomes trainers and attaches their rings, answers heartbeats,
+sends the user's commands down and matches the acks, and notices dead trainers (pid gone) so their
+ring is drained and unlinked and the run marked crashed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zmq
+
+from weightslab_shim import wire
+from weightslab_shim.ring import RingError, RingReader, list_rings
+from weightslab_shim.runtime import control_endpoint, ring_prefix
+from weightslabd.ipc.ingest import RingDrain
+from weightslabd.store.run import PendingCommand, Run
+from weightslabd.store.runs import RunRegistry
+
+log = structlog.get_logger("weightslabd.ipc.control")
+TICK = 0.1  # liveness checks
+SHIM_MESSAGES = frozenset({wire.HELLO, wire.HEARTBEAT, wire.ACK, wire.REGISTER, wire.END})
+
+
+@dataclass
+class Attachment:
+    identity: bytes
+    run: Run
+    pid: int
+    drain: RingDrain
+    last_seen: float
+    stalled: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"pid {self.pid} run {self.run.run_id}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ControlServer:
+    def __init__(self, runtime_dir: Path, registry: RunRegistry, *, hp_sync: bool, heartbeat_timeout: float) -> None:
+        self.runtime_dir = runtime_dir
+        self.endpoint = control_endpoint(runtime_dir)
+        self.registry = registry
+        self.hp_sync = hp_sync
+        self.heartbeat_timeout = heartbeat_timeout
+        self.attachments: dict[bytes, Attachment] = {}
+        self._outbox: deque[tuple[bytes, wire.Message]] = deque()
+        self._ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
+        self.rejected_frames = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"control socket {self.endpoint} did not come up")
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for att in list(self.attachments.values()):
+            # Leave rings in place: trainers keep writing and a restarted daemon drains them.
+            att.drain.stop(final_drain=True, unlink=False)
+            att.run.manifest["status"] = "detached"
+            att.run.save_manifest()
+        self.attachments.clear()
+
+    def recover_orphans(self) -> None:
+        """Rings left by trainers that died while no daemon ran: drain what we can, then unlink."""
+        for name in list_rings(ring_prefix(self.runtime_dir)):
+            try:
+                reader = RingReader(name)
+            except RingError as exc:
+                log.error("unreadable ring segment removed", ring=name, error=str(exc))
+                os.unlink(f"/dev/shm/{name}")
+                continue
+            info = reader.info
+            if pid_alive(info.writer_pid):
+                reader.close()
+                continue  # its trainer lives and will say hello
+            run = self.registry.get(info.run_id)
+            if run is not None:
+                drain = RingDrain(reader, run, f"pid {info.writer_pid} (dead) run {info.run_id}")
+                drain.drain_all()
+                run.manifest["status"] = "ended" if reader.writer_closed else "crashed"
+                run.save_manifest()
+            log.warning("ring of a dead trainer recovered and removed", ring=name, run=info.run_id,
+                        pid=info.writer_pid, known_run=run is not None)
+            reader.close(unlink_segment=True)
+
+    # -- the socket thread -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME + 64)
+        sock.bind(self.endpoint)
+        os.chmod(self.endpoint[len("ipc://"):], 0o600)
+        self._ready.set()
+        next_tick = 0.0
+        try:
+            while not self._stop.is_set():
+                if sock.poll(5, zmq.POLLIN):
+                    for _ in range(1000):
+                        try:
+                            parts = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._receive(sock, parts)
+                while self._outbox:
+                    identity, msg = self._outbox.popleft()
+                    self._send(sock, identity, msg)
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK
+                    try:
+                        self._check_liveness(now)
+                    except Exception as exc:  # noqa: BLE001 - keep serving every other trainer
+                        log.error("liveness check failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            sock.close(0)
+            ctx.term()
+
+    def _send(self, sock: Any, identity: bytes, msg: wire.Message) -> None:
+        try:
+            sock.send_multipart([identity, wire.encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # peer gone: its state is re-sent when it says hello again
+
+    def _receive(self, sock: Any, parts: list[bytes]) -> None:
+        identity = parts[0]
+        att = self.attachments.get(identity)
+        sender = att.label if att else f"peer {identity.hex()}"
+        if len(parts) != 2:
+            self.rejected_frames += 1
+            log.error("control message rejected", sender=sender, error=f"expected 1 frame, got {len(parts) - 1}")
+            return
+        try:
+            msg = wire.decode(parts[1])
+        except wire.ProtocolError as exc:
+            self.rejected_frames += 1
+            log.error("control message rejected", sender=sender, error=str(exc))
+            self._send(sock, identity, {"type": wire.REJECT, "reason": str(exc)})
+            return
+        try:
+            self._handle(sock, identity, att, msg)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.rejected_frames += 1
+            problem = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            log.error("control message rejected", sender=sender, type=msg.get("type"), error=problem)
+            self._send(sock, identity, {"type": wire.REJECT, "reason": f"bad {msg.get('type')} message: {problem}"})
+        except Exception as exc:  # noqa: BLE001 - e.g. a run folder that cannot be written: this thread serves all
+            self.rejected_frames += 1
+            problem = f"{type(exc).__name__}: {exc}"
+            log.error("control message failed", sender=sender, type=msg.get("type"), error=problem)
+            self._send(sock, identity, {"type": wire.REJECT, "reason": f"weightslabd could not handle "
+                                                                       f"{msg.get('type')}: {problem}"})
+
+    def _handle(self, sock: Any, identity: bytes, att: Attachment | None, msg: wire.Message) -> None:
+        kind = msg["type"]
+        if kind not in SHIM_MESSAGES:
+            raise ValueError(f"unknown message type {kind!r}")
+        if kind == wire.HELLO:
+            self._hello(sock, identity, msg)
+            return
+        if att is None:
+            self._send(sock, identity, {"type": wire.WHO})  # a trainer from before our restart: hello again
+            return
+        att.last_seen = time.monotonic()
+        att.stalled = False
+        run = att.run
+        if kind == wire.HEARTBEAT:
+            # No run lock here: an fsync in progress must not delay the answer every trainer waits for.
+            run.paused = bool(msg.get("paused", run.paused))
+            run.dropped = max(run.dropped, int(msg.get("dropped", 0)))
+            run.manifest["status"] = "paused" if run.paused else "running"
+            self._send(sock, identity, {"type": wire.PONG})
+        elif kind == wire.ACK:
+            self._ack(run, msg)
+        elif kind == wire.REGISTER:
+            with run.lock:
+                for split, size in dict(msg.get("splits") or {}).items():
+                    run.samples.ensure_split(str(split), int(size))
+                run.hparams.update(dict(msg.get("hparams") or {}))
+            run.save_manifest()
+        elif kind == wire.END:
+            run.step = max(run.step, int(msg.get("step", 0)))
+            self._detach(att, status="ended", unlink=True)
+            self._send(sock, identity, {"type": wire.END_OK})
+            log.info("trainer finished", sender=att.label, step=msg.get("step"))
+
+    def _hello(self, sock: Any, identity: bytes, msg: wire.Message) -> None:
+        if msg.get("protocol") != wire.PROTOCOL_VERSION:
+            raise ValueError(f"protocol {msg.get('protocol')} is not supported (this daemon speaks "
+                             f"{wire.PROTOCOL_VERSION})")
+        run_id, pid, ring = str(msg["run_id"]), int(msg["pid"]), msg.get("ring") or {}
+        ring_name = str(ring["name"])
+        for other in [a for a in self.attachments.values() if a.run.run_id == run_id]:
+            if other.drain.reader.name == ring_name:  # the same trainer saying hello again
+                self.attachments[identity] = other  # add before removing: senders never see it missing
+                if other.identity != identity:
+                    self.attachments.pop(other.identity, None)
+                other.identity, other.last_seen = identity, time.monotonic()
+                self._welcome(identity, other.run)
+                return
+            self.attachments.pop(other.identity, None)
+            other.drain.stop(final_drain=True, unlink=False)
+        try:
+            reader = RingReader(ring_name)
+        except RingError as exc:
+            raise ValueError(str(exc)) from None
+        if reader.info.run_id != run_id or reader.info.writer_pid != pid:
+            reader.close()
+            raise ValueError(f"ring {ring_name} belongs to run {reader.info.run_id} pid {reader.info.writer_pid}")
+        run = self.registry.attach(msg)
+        drain = RingDrain(reader, run, f"pid {pid} run {run_id}")
+        att = Attachment(identity, run, pid, drain, time.monotonic())
+        self.attachments[identity] = att
+        self.registry.make_current(run_id)
+        drain.start()
+        log.info("trainer attached", sender=att.label, ring=ring_name, folder=str(run.folder),
+                 splits=msg.get("splits"), backlog_bytes=reader.pending())
+        self._welcome(identity, run)
+
+    def _welcome(self, identity: bytes, run: Run) -> None:
+        # Under the run lock, as edits are journaled and queued: the re-sent state and any new edit
+        # reach the trainer in the order they were journaled.
+        with run.lock:
+            self._outbox.append((identity, {"type": wire.WELCOME, "run_id": run.run_id, "hp_sync": self.hp_sync,
+                                            "previews": run.preview_masks()}))
+            for seq, op, args in run.commands_to_resend():
+                cmd_id = f"e{seq}" if seq else f"s{next(self._ids)}"
+                self._outbox.append((identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))
+
+    def _ack(self, run: Run, msg: wire.Message) -> None:
+        cmd_id = str(msg.get("cmd_id"))
+        ok = bool(msg.get("ok"))
+        step = int(msg.get("step", -1))
+        if cmd_id.startswith("e"):
+            run.record_applied(int(cmd_id[1:]), step, ok, str(msg.get("message", "")))
+        with run.lock:
+            pending = run.pending.pop(cmd_id, None)
+        if pending is not None:
+            pending.ack = msg
+            pending.done.set()
+
+    def _check_liveness(self, now: float) -> None:
+        for att in list(self.attachments.values()):
+            if not pid_alive(att.pid):
+                log.warning("trainer died; run marked crashed", sender=att.label, step=att.run.step)
+                self.attachments.pop(att.identity, None)
+                # The final drain may take seconds: off this thread, which every other trainer needs.
+                threading.Thread(target=self._detach_logged, args=(att, "crashed"), name="detach",
+                                 daemon=True).start()
+            elif now - att.last_seen > self.heartbeat_timeout and not att.stalled:
+                att.stalled = True
+                log.warning("trainer silent but alive", sender=att.label, silent_s=round(now - att.last_seen, 1))
+
+    def _detach_logged(self, att: Attachment, status: str) -> None:
+        try:
+            self._detach(att, status=status, unlink=True)
+        except Exception as exc:  # noqa: BLE001
+            log.error("detaching a trainer failed", sender=att.label, error=f"{type(exc).__name__}: {exc}")
+
+    def _detach(self, att: Attachment, *, status: str, unlink: bool) -> None:
+        self.attachments.pop(att.identity, None)
+        att.drain.stop(final_drain=True, unlink=unlink)
+        with att.run.lock:
+            att.run.manifest["status"] = status
+            for pending in att.run.pending.values():
+                pending.done.set()  # nobody will answer these now
+            att.run.pending.clear()
+            att.run.changed.notify_all()
+        att.run.save_manifest()
+
+    # -- called from other threads ------------------------------------------------------------------
+
+    def send_command(self, run: Run, op: str, args: dict[str, Any], *, edit_seq: int = 0) -> PendingCommand | None:
+        """Queue a command for the run's trainer; None when no trainer is attached."""
+        att = next((a for a in list(self.attachments.values()) if a.run is run), None)
+        if att is None:
+            return None
+        cmd_id = f"e{edit_seq}" if edit_seq else f"q{next(self._ids)}"
+        pending = PendingCommand(cmd_id, op, args)
+        with run.lock:
+            run.pending[cmd_id] = pending
+        self._outbox.append((att.identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))
+        return pending

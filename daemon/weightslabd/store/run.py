@@ -1,0 +1,714 @@
+"""One training run as the daemon knows it: its folder, its stores, and the state rebuilt from them.
+
+    <root>/<run id>/manifest.json    who and what (atomic replace on change)
+                    signals.log      every ring record as received (framed; replayed at start)
+                    previews.log     input tensors of samples, for the preview cache
+                    edits.journal    the user's edits, fsynced before they are acknowledged
+                    snapshot/        the records' state as of a position in the two logs (snapshot.py)
+
+Live records and replayed ones go through the same `apply_record`, so a restarted daemon rebuilds
+exactly the state it served before. A snapshot only shortens that: opening loads it, replays the
+journal, and replays the records after the positions it covers; the state is the full replay's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from PIL import Image
+
+from weightslab_shim import records, wire
+from weightslab_shim.records import SEP
+from weightslab_shim.ring import RecordType
+from weightslabd.store import snapshot
+from weightslabd.store.framedlog import FramedLog
+from weightslabd.store.history import SignalHistory
+from weightslabd.store.locks import WatchedLock
+from weightslabd.store.predictions_h5 import FILE_NAME as H5_FILE
+from weightslabd.store.predictions_h5 import PredictionsH5
+from weightslabd.store.previews import PreviewCache
+from weightslabd.store.sample_signals import SampleSignals, fold_per_sample
+from weightslabd.store.samples import SampleTable
+
+STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring position
+log = structlog.get_logger("weightslabd.store.run")
+SIGNAL_RECORDS = frozenset({RecordType.STEP, RecordType.EVAL})
+RECENT_PREVIEW_FRAMES = 16
+H5_FLUSH_ROWS = 65536
+FOLD_KEY = "instance_aggregation"
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace a small file so that a crash leaves the old or the new content, never an empty file."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateBusy(Exception):
+    """The run's state lock could not be had in time."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The settings that shape what a run keeps and serves (from Settings; defaults as documented)."""
+    save_predictions_h5: bool = True
+    instance_aggregation: str = "mean"
+    max_points_per_sample: int = 200
+    preview_cache_size: int = 2000
+    preload_previews: bool = True
+    thumbnail_size: int = 720
+    batch_chunk_size: int = 0
+    preview_warmup_wait_ms: int = 100
+    snapshots: bool = True  # write snapshots (at close, and in the background) and open from them
+    snapshot_every_records: int = snapshot.EVERY_RECORDS  # 0: only at close
+    snapshot_every_bytes: int = snapshot.EVERY_BYTES
+    snapshot_every_s: float = snapshot.EVERY_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RunOptions:
+        return cls(save_predictions_h5=bool(settings.weightslab_save_predictions_in_h5),
+                   instance_aggregation=str(settings.wl_instance_aggregation),
+                   max_points_per_sample=int(settings.wl_max_points_per_sample),
+                   preview_cache_size=int(settings.wl_max_preview_cache_size),
+                   preload_previews=bool(settings.wl_preload_image_overview),
+                   thumbnail_size=int(settings.wl_default_thumbnail_size),
+                   batch_chunk_size=int(settings.wl_batch_chunk_size),
+                   preview_warmup_wait_ms=int(settings.wl_preview_cache_warmup_wait_ms))
+
+
+@dataclass
+class PendingCommand:
+    cmd_id: str
+    op: str
+    args: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    ack: dict[str, Any] | None = None
+
+
+class Run:
+    def __init__(self, folder: Path, manifest: dict[str, Any], options: RunOptions | None = None) -> None:
+        self.folder = folder
+        self.options = options or RunOptions()
+        self.edits_version = 0  # bumps on every applied deny or tag edit: views filtered on them re-evaluate
+        self.run_id: str = manifest["run_id"]
+        self.manifest = manifest
+        self.lock = WatchedLock(f"run {self.run_id}")  # the watchdog sees who holds it, and for how long
+        self.samples = SampleTable()
+        self.history = SignalHistory()
+        self.hparams: dict[str, Any] = dict(manifest.get("hparams") or {})
+        self.desired: dict[str, Any] = {}  # journaled hyperparameter edits the trainer has not acked yet
+        self.step = int(manifest.get("step", 0))
+        self.paused = bool(manifest.get("paused", False))
+        self.dropped = 0
+        self.changed = threading.Condition(self.lock)  # type: ignore[arg-type]  # WatchedLock speaks its protocol
+        self.last_position = -1
+        self.pending: dict[str, PendingCommand] = {}
+        self.unacked_edits: dict[int, dict[str, Any]] = {}
+        # per split, where each sample's preview is in previews.log (-1: none yet); 8 bytes a sample
+        self.preview_offsets: dict[str, np.ndarray] = {}
+        self._signal_home: dict[str, str] = {}
+        self._frames_lock = threading.Lock()
+        self._unreadable_paths = 0
+        self._recent_frames: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._seq = 0
+        # What the records alone made, kept apart so a snapshot holds it exactly (see _capture):
+        self._record_hparams: dict[str, Any] = {}  # every "hp" field, in order
+        self._records_step: int | None = None  # the step the records give, before the manifest's
+        self._folds: set[tuple[str, str]] = set()  # (where the fold came from, fold) of records with instances
+        self._ids_top: dict[str, int] = {}  # per split named in a record, its highest sample id
+        self._pred_upto: dict[str, int] = {}  # per split, the last step with predictions for the HDF5 file
+        o = self.options
+        self.preview_cache = PreviewCache(self.preview_array, max_entries=o.preview_cache_size,
+                                          default_longest=o.thumbnail_size, warmup_wait_ms=o.preview_warmup_wait_ms,
+                                          chunk_size=o.batch_chunk_size, preload=o.preload_previews)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for split, size in (manifest.get("splits") or {}).items():
+            self.samples.ensure_split(split, int(size))
+        # A split added or grown after records named it makes the state differ from a replay (which sees
+        # the final sizes from the start): snapshots stop until the next open (see _note_layout).
+        self._layout_seen = self.samples.layout
+        self._layout_sizes = {name: t.size for name, t in self.samples.splits.items()}
+        self._exact = True
+        self.sample_signals = SampleSignals()
+        # Large flushes: h5py's cost is per call, not per row, and rows lost in a crash come back from
+        # signals.log at the next start.
+        self.predictions = PredictionsH5(folder / H5_FILE, flush_rows=H5_FLUSH_ROWS) if o.save_predictions_h5 else None
+        saved = {s: self.predictions.max_step(s) for s in self.samples.splits} if self.predictions else {}
+        self._h5_saved_upto: dict[str, int] = {s: step for s, step in saved.items() if step is not None}
+        loaded = self._load_snapshot()  # first: the logs need not scan again what it covers
+        self.signals = FramedLog(folder / "signals.log", _known(loaded.cut.signals) if loaded else None)
+        self.previews = FramedLog(folder / "previews.log", _known(loaded.cut.previews) if loaded else None)
+        self.journal = FramedLog(folder / "edits.journal")
+        self._snapshot_lock = threading.Lock()  # one snapshot write at a time
+        self._snapshot: snapshot.Written | None = None  # the current one: what the next write links chunks from
+        self._snapshot_failing = False
+        self._closed = False
+        self.opened_from_snapshot = False  # how this open went (see _replay), for status and tests
+        self.replayed_records = 0
+        self._periodic = snapshot.Periodic(self.write_snapshot, self.run_id,
+                                           o.snapshot_every_records if o.snapshots else 0, o.snapshot_every_bytes,
+                                           o.snapshot_every_s)
+        self._replay(loaded)
+        self.preview_cache.start()  # the previews replayed above are offered: preloading starts now
+
+    @contextmanager
+    def holding(self, timeout: float) -> Iterator[None]:
+        """The state lock, or StateBusy after `timeout` (GRPC_WATCHDOG_STUCK_SECONDS): never a hang."""
+        if not self.lock.acquire(timeout=timeout):
+            raise StateBusy(f"the daemon's state for run {self.run_id} stayed busy for {timeout:g}s; try again")
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, folder: Path, options: RunOptions | None = None) -> Run:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return cls(folder, manifest, options)
+
+    @classmethod
+    def create(cls, folder: Path, manifest: dict[str, Any], options: RunOptions | None = None) -> Run:
+        run = cls(folder, manifest, options)
+        run.save_manifest()
+        return run
+
+    def save_manifest(self) -> None:
+        with self.lock:
+            self.manifest.update(step=self.step, paused=self.paused, hparams=self.hparams,
+                                 splits={n: t.size for n, t in self.samples.splits.items()}, dropped=self.dropped)
+            data = json.dumps(self.manifest, indent=1, default=str)
+        write_durably(self.folder / "manifest.json", data.encode())
+
+    def _replay(self, loaded: snapshot.Loaded | None) -> None:
+        """Rebuild the state: edits first, then the trainer's records, whose reported
+        hyperparameters are the truth of what was applied and so come last. A usable snapshot stands
+        for the records it covers; only those after it are replayed."""
+        began = time.monotonic()
+        self._replay_log(self.journal, self._replay_edit, 0)
+        if loaded is not None:
+            try:
+                reason = self._unusable(loaded.cut)
+                if reason is None:
+                    self._adopt(loaded.cut)
+            except Exception as exc:  # noqa: BLE001 - a damaged snapshot costs a full replay, nothing else
+                reason = f"{type(exc).__name__}: {exc}"
+            if reason:
+                log.warning("snapshot ignored, replaying the whole log", run=self.run_id, reason=reason[:300])
+                loaded = None
+            else:
+                self._snapshot = loaded.written
+        records = self._replay_log(self.signals, self._replay_record, loaded.cut.signals.end if loaded else 0)
+        previews = self._replay_log(self.previews, self._index_previews, loaded.cut.previews.end if loaded else 0)
+        self.opened_from_snapshot, self.replayed_records = loaded is not None, records
+        log.info("run opened", run=self.run_id, from_snapshot=loaded is not None, replayed_records=records,
+                 replayed_previews=previews, seconds=round(time.monotonic() - began, 3))
+
+    def _replay_log(self, store: FramedLog, apply: Any, start: int) -> int:
+        count = 0
+        for offset, frame in store.frames(start):
+            count += 1
+            try:
+                apply(offset, frame)
+            except Exception as exc:  # noqa: BLE001 - one unreadable entry must not cost the whole run
+                log.error("stored entry skipped", run=self.run_id, store=store.path.name, offset=offset,
+                          error=f"{type(exc).__name__}: {exc}")
+        return count
+
+    # -- snapshots (snapshot.py) -------------------------------------------------------------------
+
+    def _load_snapshot(self) -> snapshot.Loaded | None:
+        if not self.options.snapshots:
+            return None
+        root = self.folder / snapshot.DIR
+        try:
+            snapshot.prune(root)  # what a crash in the middle of a write left
+            return snapshot.load(root)
+        except Exception as exc:  # noqa: BLE001 - unreadable in any way: replay everything instead
+            log.warning("snapshot ignored, replaying the whole log", run=self.run_id,
+                        reason=f"{type(exc).__name__}: {exc}"[:300])
+            return None
+
+    def _unusable(self, cut: snapshot.Cut) -> str | None:
+        """Why the snapshot would not give the full replay's state here (None: it would). After the
+        journal's replay: the hyperparameters are then those the records were replayed over."""
+        if cut.run_id != self.run_id:
+            return f"it is of run {cut.run_id!r}"
+        if cut.state["layout"] != [[name, t.size] for name, t in self.samples.splits.items()]:
+            return "the run's splits are not those it was taken with"
+        for store, mark in ((self.signals, cut.signals), (self.previews, cut.previews)):
+            if not store.ends_frame(mark.end, mark.last_frame):
+                return f"{store.path.name} ({store.size} bytes) no longer holds the {mark.end} bytes it covers"
+        if self.predictions is not None:
+            for split, upto in cut.state["pred_upto"].items():
+                if upto > self._h5_saved_upto.get(split, -1):
+                    return f"{H5_FILE} lacks predictions of split {split!r} it covers (to step {upto})"
+        for source, how in cut.state["folds"]:
+            value = self.hparams.get(FOLD_KEY) if source == "" else json.loads(source)
+            if self._fold_of(value) != how:
+                return f"records it covers were folded with {how!r}; a replay now would not"
+        return None
+
+    def _adopt(self, cut: snapshot.Cut) -> None:
+        """Take a usable snapshot's state: everything fallible first, then the assignments."""
+        st = cut.state
+        for split, image in cut.tables.items():
+            self.samples.splits[split].check_records(image)
+        for split, offsets in cut.preview_offsets.items():
+            if offsets.dtype != np.int64 or len(offsets) > self.samples.splits[split].size:
+                raise ValueError(f"preview offsets of {split!r} do not fit the split")
+        history = SignalHistory()
+        history.adopt(cut.history_version, cut.curves)
+        sample_signals = SampleSignals()
+        sample_signals.adopt(cut.stores)
+        record_hparams = dict(st["hparams"])
+        folds = {(str(source), str(how)) for source, how in st["folds"]}
+        ids_top = {str(k): int(v) for k, v in st["ids_top"].items()}
+        pred_upto = {str(k): int(v) for k, v in st["pred_upto"].items()}
+        signal_home = {str(k): str(v) for k, v in st["signal_home"].items()}
+        records_step = None if st["step"] is None else int(st["step"])
+        last_position = int(st["last_position"])
+        # Nothing below fails.
+        for split, image in cut.tables.items():
+            self.samples.splits[split].adopt_records(image)
+        self.history, self.sample_signals = history, sample_signals
+        self.hparams.update(record_hparams)  # over the journal's: the trainer's reports come last
+        self._record_hparams, self._folds, self._ids_top, self._pred_upto = record_hparams, folds, ids_top, pred_upto
+        self._signal_home = signal_home
+        self._records_step = records_step
+        if records_step is not None:
+            self.step = max(self.step, records_step)
+        self.last_position = last_position
+        for split, offsets in cut.preview_offsets.items():
+            self.preview_offsets[split] = offsets
+            grown = self._offsets_of(split)
+            if grown is not None:
+                ids = np.flatnonzero(grown >= 0)
+                self.preview_cache.offer(split, ids[np.argsort(grown[ids], kind="stable")].tolist())
+
+    def _capture(self) -> snapshot.Cut | None:
+        """The records' state now, under the run lock (None: nothing new, or snapshots are off for now)."""
+        with self.lock:
+            self._periodic.cut()  # whatever comes of it: the background thread waits for as much again
+            self._note_layout()
+            if not self._exact:
+                return None
+            layout = [[name, t.size] for name, t in self.samples.splits.items()]
+            last = self._snapshot
+            if (last is not None and last.signals_end == self.signals.size and last.previews_end == self.previews.size
+                    and last.meta["state"]["layout"] == layout):
+                return None
+            state = {"step": self._records_step, "last_position": self.last_position,
+                     "hparams": dict(self._record_hparams), "signal_home": dict(self._signal_home),
+                     "folds": sorted(self._folds), "ids_top": dict(self._ids_top), "pred_upto": dict(self._pred_upto),
+                     "layout": layout}
+            version, curves = self.history.image()
+            return snapshot.Cut(self.run_id, snapshot.LogMark(self.signals.size, self.signals.last_frame),
+                                snapshot.LogMark(self.previews.size, self.previews.last_frame), state,
+                                {name: t.record_image() for name, t in self.samples.splits.items()},
+                                {name: o.copy() for name, o in self.preview_offsets.items()}, version, curves,
+                                self.sample_signals.images())
+
+    def write_snapshot(self) -> snapshot.Written | None:
+        """Write a snapshot of the records' state now: at close, and from the background (Periodic).
+        None when there is nothing new, snapshots are off, or it failed (logged once; the logs still
+        hold everything, so nothing is lost)."""
+        if not self.options.snapshots:
+            return None
+        with self._snapshot_lock:
+            began = time.monotonic()
+            cut = self._capture()  # the only part under the run lock
+            if cut is None:
+                return None
+            try:
+                if self.predictions is not None and not self.predictions.flush():
+                    raise OSError(f"{H5_FILE} could not be written, and the snapshot would cover its rows")
+                self.signals.sync()  # never cover what the logs might still lose
+                self.previews.sync()
+                written = snapshot.write(self.folder / snapshot.DIR, cut, self._snapshot)
+            except Exception as exc:  # noqa: BLE001 - ENOSPC and the like: keep running on the logs
+                if not self._snapshot_failing:
+                    log.error("snapshot not written; the logs still hold everything", run=self.run_id,
+                              error=f"{type(exc).__name__}: {exc}"[:300])
+                self._snapshot_failing = True
+                return None
+            if self._snapshot_failing:
+                log.info("snapshots written again", run=self.run_id)
+            self._snapshot_failing = False
+            self._snapshot = written = dataclasses.replace(written, seconds=time.monotonic() - began)
+            log.info("snapshot written", run=self.run_id, covers=cut.signals.end, bytes_written=written.bytes_written,
+                     bytes_linked=written.bytes_linked, seconds=round(written.seconds, 3))
+            return written
+
+    def _note_layout(self) -> None:
+        """Under the lock, once the splits changed: if a record before named samples a split only now has
+        (a new split, or ids past its old size), the state is no longer a replay's: stop snapshots."""
+        sizes = {name: t.size for name, t in self.samples.splits.items()}
+        for split, top in self._ids_top.items():
+            before = self._layout_sizes.get(split, 0)
+            if self._exact and sizes.get(split, 0) > before and top >= before:
+                self._exact = False
+                log.info("snapshots off until the run is opened again: a split grew after records named its "
+                         "new samples", run=self.run_id, split=split)
+        self._layout_sizes = sizes
+        self._layout_seen = self.samples.layout
+
+    def _replay_edit(self, offset: int, frame: bytes) -> None:
+        self._apply_edit(json.loads(frame))
+
+    def _replay_record(self, offset: int, frame: bytes) -> None:
+        rtype, step, stamp, position = STORED.unpack_from(frame)
+        fields = records.decode(memoryview(frame)[STORED.size:]) if rtype in SIGNAL_RECORDS else {}
+        self._apply(rtype, step, fields, stamp, position)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._periodic.stop()
+        self.preview_cache.stop()
+        if self.predictions is not None:
+            self.predictions.close()  # first: the snapshot may cover only rows the file holds
+        self.save_manifest()
+        if self.options.snapshots:
+            with self.lock:
+                self._note_layout()
+            if self._exact:
+                self.write_snapshot()
+            else:
+                snapshot.remove(self.folder / snapshot.DIR)  # taken before the change: no longer usable
+        for framed in (self.signals, self.previews, self.journal):
+            framed.close()
+
+    # -- records from the trainer --------------------------------------------------------------------
+
+    def apply_record(self, rtype: int, step: int, payload: memoryview, position: int) -> bool:
+        """Check, persist, then apply one ring record; False for one already applied (re-read after a
+        restart). Raises MalformedPayload (nothing stored) or OSError (nothing stored: retry later)."""
+        fields = records.decode(payload)  # a record that does not decode is never stored
+        with self.lock:
+            if position <= self.last_position:
+                return False
+            if self.samples.layout != self._layout_seen:
+                self._note_layout()
+            stamp = int(time.time() * 1000)
+            if rtype == RecordType.PREVIEW:
+                offset = self.previews.append(payload)
+                self.signals.append(STORED.pack(rtype, step, stamp, position))
+                self._index_previews(offset, payload, fields)
+                self.last_position = position
+                self._periodic.arrived(len(payload))
+                return True
+            self.signals.append(STORED.pack(rtype, step, stamp, position) + bytes(payload))
+            self._periodic.arrived(len(payload))  # stored: a snapshot now covers it, applied or not
+            self._apply(rtype, step, fields, stamp, position)
+            self.changed.notify_all()
+            return True
+
+    def _apply(self, rtype: int, step: int, fields: dict[str, np.ndarray], stamp: int, position: int) -> None:
+        self.last_position = max(self.last_position, position)
+        if rtype not in SIGNAL_RECORDS:
+            return
+        curves: dict[str, list[np.ndarray]] = {}
+        batches: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        ids_of: dict[str, np.ndarray] = {}  # serial -> sample ids: a signal's ids serve its batch values too
+        for key, arr in fields.items():
+            parts = key.split(SEP)
+            kind = parts[0]
+            if kind == "ids" and len(parts) == 4:
+                ids_of[parts[3]] = arr
+            elif kind == "bids" and len(parts) == 3:
+                ids_of[parts[2]] = arr
+            elif kind == "sig" and len(parts) == 4:
+                _, split, name, serial = parts
+                ids = fields.get(f"ids{SEP}{split}{SEP}{name}{SEP}{serial}")
+                if ids is None:
+                    continue
+                table = self.samples.get(split)  # only registered splits: never sized from a record's ids
+                if table is None:
+                    continue
+                flat_ids, values = ids.reshape(-1), arr.reshape(-1)
+                if len(flat_ids) != len(values):
+                    raise records.MalformedPayload(f"signal {name!r}: {len(flat_ids)} ids for {len(values)} values")
+                self.sample_signals.store(split, name).append(step, flat_ids, values)
+                # several values of one sample are its instances (annotations): one value per sample here
+                sample_ids, per_sample = flat_ids, values
+                if _repeats(flat_ids):
+                    how = self.instance_aggregation()
+                    # where the fold came from: a snapshot is usable only while a replay would fold alike
+                    self._folds.add((json.dumps(self._record_hparams[FOLD_KEY], sort_keys=True)
+                                     if FOLD_KEY in self._record_hparams else "", how))
+                    sample_ids, per_sample = fold_per_sample(flat_ids, values, how)
+                table.set_signal(name, sample_ids, per_sample, step)
+                curves.setdefault(self._curve_name(name, split), []).append(per_sample)
+            elif kind == "scalar" and len(parts) == 3:
+                curves.setdefault(parts[1], []).append(arr.reshape(-1).astype(np.float64))
+            elif kind in ("tgt", "pred", "praw") and len(parts) == 3:
+                batches.setdefault((parts[1], parts[2]), {})[kind] = arr
+            elif kind == "hp":
+                reported = records.as_json(arr)
+                self.hparams.update(reported)
+                self._record_hparams.update(reported)
+        for (split, serial), batch in batches.items():
+            ids = ids_of.get(serial)
+            table = self.samples.get(split)
+            if ids is not None and table is not None:
+                table.set_labels(ids.reshape(-1), _column(batch.get("tgt")), _column(batch.get("pred")))
+                self._save_predictions(split, step, ids.reshape(-1), batch.get("pred"))
+        seen: dict[str, list[np.ndarray]] = {}
+        for key, arr in fields.items():
+            parts = key.split(SEP)
+            if parts[0] in ("ids", "bids"):
+                seen.setdefault(parts[1], []).append(arr.reshape(-1))
+        for split, id_arrays in seen.items():
+            named = np.concatenate(id_arrays)
+            if named.size:
+                self._ids_top[split] = max(self._ids_top.get(split, -1), int(named.max()))
+            table = self.samples.get(split)
+            if table is not None:  # once per step, however many signals named the sample
+                table.count_encounters(np.unique(named))
+        for name, parts_ in curves.items():
+            values = np.concatenate(parts_) if len(parts_) > 1 else parts_[0]
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                continue
+            self.history.append(name, step, float(finite.mean()), float(finite.min()), float(finite.max()), stamp)
+        # Model age: training steps completed, as far as the records applied so far tell (it follows
+        # ingest, like the curves). A training record's step is its index; an evaluation's the count.
+        reached = step + 1 if rtype == RecordType.STEP else step
+        self._records_step = reached if self._records_step is None else max(self._records_step, reached)
+        self.step = max(self.step, reached)
+
+    def _save_predictions(self, split: str, step: int, ids: np.ndarray, preds: np.ndarray | None) -> None:
+        if preds is None or len(preds) != len(ids):
+            return
+        self._pred_upto[split] = max(self._pred_upto.get(split, step), step)
+        if self.predictions is None:
+            return
+        if step <= self._h5_saved_upto.get(split, -1):
+            return  # replaying what the HDF5 file already holds
+        self.predictions.append(split, step, ids, preds)
+
+    def instance_aggregation(self) -> str:
+        """How a sample's instances fold into one value: the run's `instance_aggregation`
+        hyperparameter if it names one, else WL_INSTANCE_AGGREGATION."""
+        return self._fold_of(self.hparams.get(FOLD_KEY))
+
+    def _fold_of(self, value: Any) -> str:
+        return value if value in ("mean", "max") else self.options.instance_aggregation
+
+    def home_split(self, signal: str) -> str | None:
+        """The split whose curve of `signal` carries the bare name (see _curve_name)."""
+        return self._signal_home.get(signal)
+
+    def _curve_name(self, signal: str, split: str) -> str:
+        """A signal keeps its own name on the first split it is seen on; other splits add theirs."""
+        home = self._signal_home.setdefault(signal, split)
+        return signal if home == split else f"{signal}/{split}"
+
+    def _index_previews(self, offset: int, payload: bytes | memoryview,
+                        fields: dict[str, np.ndarray] | None = None) -> None:
+        for key, arr in (records.decode(payload) if fields is None else fields).items():
+            parts = key.split(SEP)
+            if parts[0] == "pids" and len(parts) == 3:
+                ids = arr.reshape(-1).astype(np.int64)
+                if ids.size:
+                    self._ids_top[parts[1]] = max(self._ids_top.get(parts[1], -1), int(ids.max()))
+                offsets = self._offsets_of(parts[1])
+                if offsets is None:
+                    continue  # previews only of registered splits: never sized from a record's ids
+                ids = ids[(ids >= 0) & (ids < len(offsets))]
+                offsets[ids] = offset
+                self.preview_cache.offer(parts[1], ids.tolist())
+
+    def _offsets_of(self, split: str) -> np.ndarray | None:
+        table = self.samples.get(split)
+        if table is None:
+            return None
+        offsets = self.preview_offsets.get(split)
+        if offsets is None or len(offsets) < table.size:  # new, or the split grew
+            grown = np.full(table.size, -1, dtype=np.int64)
+            if offsets is not None:
+                grown[:len(offsets)] = offsets
+            offsets = self.preview_offsets[split] = grown
+        return offsets
+
+    def preview_array(self, split: str, sample_id: int) -> np.ndarray | None:
+        """The input the trainer sent for one sample (None if it has sent none yet)."""
+        with self.lock:
+            offsets = self.preview_offsets.get(split)
+            offset = int(offsets[sample_id]) if offsets is not None and 0 <= sample_id < len(offsets) else -1
+        if offset < 0:
+            return None
+        fields = self._preview_frame(offset)
+        for key, ids in fields.items():
+            parts = key.split(SEP)
+            if parts[0] != "pids" or len(parts) != 3 or parts[1] != split:
+                continue
+            hits = np.flatnonzero(ids.reshape(-1) == sample_id)
+            if not hits.size:
+                continue
+            original = self._original_image(fields.get(f"xpath{SEP}{split}{SEP}{parts[2]}"), int(hits[0]))
+            if original is not None:
+                return original
+            inputs = fields.get(f"x{SEP}{split}{SEP}{parts[2]}")
+            if inputs is not None and len(inputs) > hits[0]:
+                return np.asarray(inputs[hits[0]])
+        return None
+
+    def _original_image(self, paths_field: np.ndarray | None, index: int) -> np.ndarray | None:
+        """The sample's image file, when the trainer named one and this daemon can read it: full
+        resolution and before augmentation, so a better picture than the training tensor."""
+        if paths_field is None:
+            return None
+        try:
+            path = records.as_json(paths_field)["paths"][index]
+            if not path:
+                return None
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
+        except (OSError, ValueError, KeyError, IndexError, TypeError, Image.DecompressionBombError) as exc:
+            if self._unreadable_paths < 3:  # the tensor serves instead; say why, a few times
+                log.warning("sample image file unreadable, using the training tensor", run=self.run_id,
+                            error=f"{type(exc).__name__}: {exc}"[:300])
+            self._unreadable_paths += 1
+            return None
+
+    def _preview_frame(self, offset: int) -> dict[str, np.ndarray]:
+        """Decoded preview records, a few kept: a page of thumbnails mostly reads neighbours."""
+        with self._frames_lock:
+            fields = self._recent_frames.get(offset)
+            if fields is not None:
+                self._recent_frames.move_to_end(offset)
+                return fields
+        fields = records.decode(self.previews.read_at(offset))
+        with self._frames_lock:
+            self._recent_frames[offset] = fields
+            while len(self._recent_frames) > RECENT_PREVIEW_FRAMES:
+                self._recent_frames.popitem(last=False)
+        return fields
+
+    def thumbnails(self, keys: list[tuple[str, int]], width: int, height: int) -> list[bytes | None]:
+        """Encoded images for the grid, from the preview cache (Studio resize rules)."""
+        return self.preview_cache.get_many(keys, width, height)
+
+    def preview_masks(self) -> dict[str, str]:
+        """Per split, which samples the daemon has a preview of, packed for the welcome message."""
+        with self.lock:
+            out = {}
+            for split in self.preview_offsets:
+                offsets = self._offsets_of(split)
+                if offsets is not None:
+                    out[split] = wire.pack_mask(offsets >= 0)
+            return out
+
+    # -- the user's edits --------------------------------------------------------------------------
+
+    def journal_edit(self, edit: dict[str, Any]) -> int:
+        """Make an edit durable (fsync), then apply it to the daemon's state. Raises OSError if the
+        disk refuses it: then nothing changed and nothing may be acknowledged."""
+        with self.lock:
+            seq = self._seq + 1
+            entry = dict(edit, seq=seq, ts=time.time())
+            self.journal.append(json.dumps(entry, separators=(",", ":")).encode(), sync=True)
+            self._apply_edit(entry)
+            return seq
+
+    def _apply_edit(self, entry: dict[str, Any]) -> None:
+        self._seq = max(self._seq, int(entry.get("seq", 0)))
+        kind = entry.get("kind")
+        if kind == "hparams":
+            self.desired.update(entry["values"])
+            self.unacked_edits[entry["seq"]] = entry
+        elif kind == "deny":
+            table = self.samples.get(entry["split"])
+            if table is not None:
+                table.set_denied(np.asarray(entry["ids"], dtype=np.int64), bool(entry["deny"]))
+            self.unacked_edits[entry["seq"]] = entry
+            self.edits_version += 1
+        elif kind == "tags":
+            table = self.samples.get(entry["split"])
+            if table is not None:
+                table.edit_tags(np.asarray(entry["ids"], dtype=np.int64), list(entry["tags"]), entry["mode"])
+            self.edits_version += 1
+        elif kind == "applied":
+            done = self.unacked_edits.pop(int(entry["edit"]), None)
+            if done is not None and done.get("kind") == "hparams":
+                for key, value in done["values"].items():
+                    if self.desired.get(key) == value:
+                        del self.desired[key]  # applied, or refused by the trainer: no longer wanted
+                    if entry.get("ok", True):
+                        self.hparams[key] = value
+
+    def record_applied(self, seq: int, step: int, ok: bool, message: str = "") -> None:
+        """The trainer applied (or refused) journaled edit `seq` at `step`."""
+        with self.lock:
+            if seq not in self.unacked_edits:
+                return
+            entry = {"kind": "applied", "edit": seq, "step": step, "ok": ok, "message": message}
+            self.journal.append(json.dumps(entry, separators=(",", ":")).encode())
+            self._apply_edit(entry)
+
+    def effective_hparams(self) -> dict[str, Any]:
+        with self.lock:
+            hp = dict(self.hparams)
+            hp.update(self.desired)
+            hp.setdefault("is_training", not self.paused)
+            if "is_training" not in self.desired:
+                hp["is_training"] = not self.paused
+            return hp
+
+    def commands_to_resend(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """What a (re)attached trainer must be told: the unacked hyperparameter edits, in order, and
+        the full deny state of every split (idempotent, so a repeat is harmless)."""
+        with self.lock:
+            out: list[tuple[int, str, dict[str, Any]]] = []
+            for seq, entry in sorted(self.unacked_edits.items()):
+                if entry["kind"] == "hparams":
+                    out.append((seq, "set_hparams", dict(entry["values"])))
+            for split, table in self.samples.splits.items():
+                out.append((0, "set_denied", {"split": split, "mask": wire.pack_mask(table.denied)}))
+            return out
+
+
+def _known(mark: snapshot.LogMark) -> tuple[int, tuple[int, int] | None]:
+    return mark.end, mark.last_frame
+
+
+def _repeats(ids: np.ndarray) -> bool:
+    """Whether a batch names a sample twice (sorting 256 ids is a few µs; np.unique is ten times that)."""
+    if len(ids) < 2:
+        return False
+    ordered = np.sort(ids)
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
+def _column(values: np.ndarray | None) -> np.ndarray | None:
+    if values is None:
+        return None
+    return values.reshape(values.shape[0], -1)[:, 0] if values.ndim > 1 and values.shape[1:] == (1,) else values

@@ -1,0 +1,700 @@
+"""Per-sample signal history: every (step, sample id, value) a trainer reported, and the reads built on it.
+
+Each training step the trainer reports, per signal and split, a vector of per-sample values with their
+sample ids. A `SignalStore` keeps all of them, for one (split, signal), as numpy columns:
+
+    per value   ids int32, values float32            8 bytes a value
+                instances int32 (instance index)     +4, only in chunks holding records given explicit indexes
+    per record  steps int64, starts int64, flags u8  17 bytes a record (0.07 bytes a value at 256 a record)
+
+Values live in chunks (64 Ki values at first, doubling up to 4 Mi, then 4 Mi each, or one record's size
+when a record is larger); a record never straddles two chunks, and a chunk is never reallocated, so an
+append copies only the record (no doubling copies, no 2x peak), and a chunk is also the unit a read
+vectorises over, which bounds a read's temporary memory to a few times a chunk whatever the store's size.
+
+Instances. A sample may have several instances (annotations, e.g. detection boxes): a record's ids then
+repeat a sample id, one value per instance. Such a record is stored sorted (stably) by sample id, so the
+per-instance breakdown is kept and a per-sample fold at read time is a run-length reduction, no sort.
+The instance index of each value is the caller's `instances` when given (stored in the instance column),
+else the value's occurrence order among its id's values, which the stable sort keeps (nothing stored:
+a batch drawn with replacement repeats ids without costing the column). A sample's
+instances are the repeated ids within one record; a step reported by several records (an evaluation
+pass in batches) pools the samples of all of them into that step's point. `fold_per_sample` is the
+same fold for one batch.
+
+Non-finite values (NaN, +-inf) are not counted anywhere: not in means, minima, maxima, counts or folds.
+
+Threads. One ingest thread appends while gRPC threads read. `append` holds the store's lock only for
+the copy (microseconds). A read takes a snapshot under the same lock (the record count, the index
+arrays, the chunk list: references, no copy) and computes without it: an append writes only past the
+snapshot's end (a chunk's free tail, a new chunk, or index arrays that are replaced, never modified
+below the snapshot's length, when they grow), so the snapshot's prefix never changes under a reader.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import structlog
+
+from weightslabd.store.history import decimate_indexes
+
+log = structlog.get_logger("weightslabd.store.sample_signals")
+
+Fold = Literal["mean", "max"]
+FOLDS: tuple[str, ...] = ("mean", "max")
+CHUNK_MIN = 1 << 16  # values in a store's first chunk
+CHUNK_MAX = 1 << 22  # values in a full-size chunk (4 Mi: 32 MiB of ids and values)
+_INDEX_MIN = 1024  # records the index starts with
+_FOLD = np.uint8(1)  # record flag: repeated ids (instances), stored sorted by id
+_INST = np.uint8(2)  # record flag: an instance column holds this record's instance indexes
+_ID_LIMIT = np.iinfo(np.int32).max
+
+
+@dataclass(frozen=True)
+class SliceCurve:
+    """One mean curve: per step, the mean, min and max of the signal over the counted samples."""
+
+    steps: np.ndarray  # int64
+    means: np.ndarray  # float64
+    mins: np.ndarray  # float64
+    maxs: np.ndarray  # float64
+    counts: np.ndarray  # int64: samples counted at the step (after the per-sample fold)
+    total_points: int  # steps before downsampling
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def _empty_curve(total: int = 0) -> SliceCurve:
+    f = np.empty(0, dtype=np.float64)
+    return SliceCurve(np.empty(0, dtype=np.int64), f, f.copy(), f.copy(), np.empty(0, dtype=np.int64), total)
+
+
+def _check_fold(how: str) -> None:
+    if how not in FOLDS:
+        raise ValueError(f"instance aggregation must be one of {', '.join(FOLDS)}, not {how!r}")
+
+
+def _run_fold(values: np.ndarray, starts: np.ndarray, how: str) -> np.ndarray:
+    """Fold runs of finite values starting at `starts` (non-empty runs, increasing) into float64."""
+    if how == "max":
+        return np.maximum.reduceat(values, starts).astype(np.float64)
+    sums = np.add.reduceat(values, starts, dtype=np.float64)
+    return sums / np.diff(np.append(starts, len(values)))
+
+
+def fold_per_sample(ids: np.ndarray, values: np.ndarray, how: Fold | str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Fold one batch's per-instance values into one value per sample: (unique ids ascending, folded float64).
+
+    Non-finite values are ignored; a sample whose values are all non-finite folds to NaN.
+    """
+    _check_fold(how)
+    ids = np.asarray(ids).reshape(-1)
+    values = np.asarray(values).reshape(-1)
+    if ids.shape != values.shape:
+        raise ValueError(f"{ids.size} ids for {values.size} values")
+    if ids.size == 0:
+        return ids.astype(np.int64), np.empty(0, dtype=np.float64)
+    order = np.argsort(ids, kind="stable")
+    sids = ids[order]
+    svals = values[order].astype(np.float64)
+    first = np.empty(len(sids), dtype=bool)
+    first[0] = True
+    np.not_equal(sids[1:], sids[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    finite = np.isfinite(svals)
+    counts = np.add.reduceat(finite, starts, dtype=np.int64)
+    if how == "max":
+        folded = np.maximum.reduceat(np.where(finite, svals, -np.inf), starts)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            folded = np.add.reduceat(np.where(finite, svals, 0.0), starts) / counts
+    folded[counts == 0] = np.nan
+    return sids[starts].astype(np.int64), folded
+
+
+def _occurrence(sorted_ids: np.ndarray) -> np.ndarray:
+    """Each value's number among its id's values (0, 1, ...), for ids sorted stably."""
+    n = len(sorted_ids)
+    first = np.ones(n, dtype=bool)
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    pos = np.arange(n)
+    return (pos - np.maximum.accumulate(np.where(first, pos, 0))).astype(np.int32)
+
+
+class _Chunk:
+    """Fixed-capacity value columns; records fill it from the front and never move."""
+
+    __slots__ = ("ids", "values", "instances", "first_record", "offset", "used")
+
+    def __init__(self, capacity: int, first_record: int, offset: int) -> None:
+        self.ids = np.empty(capacity, dtype=np.int32)
+        self.values = np.empty(capacity, dtype=np.float32)
+        self.instances: np.ndarray | None = None  # allocated at the first record that has instance indexes
+        self.first_record = first_record  # index of its first record
+        self.offset = offset  # global position of its first value
+        self.used = 0
+
+    @classmethod
+    def adopt(cls, image: ChunkImage) -> _Chunk:
+        """A chunk over an image's arrays (taken, not copied)."""
+        chunk = cls.__new__(cls)
+        chunk.ids, chunk.values, chunk.instances = image.ids, image.values, image.instances
+        chunk.first_record, chunk.offset, chunk.used = image.first_record, image.offset, image.used
+        return chunk
+
+    @property
+    def capacity(self) -> int:
+        return len(self.ids)
+
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.values.nbytes + (self.instances.nbytes if self.instances is not None else 0)
+
+
+@dataclass(frozen=True)
+class ChunkImage:
+    """One chunk as of a cut: its arrays (whole capacity, by reference) and how many values were in use.
+
+    The first `used` values never change once written, so they may be read after the store's lock is let go."""
+
+    capacity: int
+    first_record: int
+    offset: int
+    used: int
+    ids: np.ndarray  # int32 [capacity]
+    values: np.ndarray  # float32 [capacity]
+    instances: np.ndarray | None  # int32 [capacity], or None: no record before the cut gave instance indexes
+
+
+@dataclass(frozen=True)
+class StoreImage:
+    """A `SignalStore` as of a cut: the record index (copies) and the chunks (see ChunkImage)."""
+
+    split: str
+    signal: str
+    records: int
+    values: int
+    steps: np.ndarray  # int64 [records]
+    starts: np.ndarray  # int64 [records + 1]
+    flags: np.ndarray  # uint8 [records]
+    sorted_steps: bool
+    max_id: int
+    any_instances: bool
+    bad_ids: int
+    chunks: tuple[ChunkImage, ...]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    records: int
+    steps: np.ndarray  # [records]
+    starts: np.ndarray  # [records + 1], global value positions
+    flags: np.ndarray  # [records]
+    chunks: tuple[tuple[_Chunk, int, int], ...]  # (chunk, first record, end record), non-empty
+    sorted_steps: bool  # steps never decrease
+    max_id: int
+
+
+@dataclass
+class _Partial:
+    """Per-record aggregates of the counted values (or per-sample folds)."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+    mins: np.ndarray
+    maxs: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> _Partial:
+        return cls(np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan), np.full(n, np.nan))
+
+    def reset(self, at: np.ndarray) -> None:
+        self.sums[at] = 0.0
+        self.counts[at] = 0
+        self.mins[at] = np.nan
+        self.maxs[at] = np.nan
+
+
+class SignalStore:
+    """Every (step, sample id, value) of one signal on one split. See the module docstring."""
+
+    def __init__(self, split: str = "", signal: str = "", chunk_max: int = CHUNK_MAX) -> None:
+        self.split = split
+        self.signal = signal
+        self._chunk_max = max(1, chunk_max)
+        self._lock = threading.Lock()
+        self._chunks: list[_Chunk] = []
+        self._steps = np.empty(_INDEX_MIN, dtype=np.int64)
+        self._starts = np.zeros(_INDEX_MIN + 1, dtype=np.int64)
+        self._flags = np.zeros(_INDEX_MIN, dtype=np.uint8)
+        self._records = 0
+        self._values = 0
+        self._sorted_steps = True
+        self._max_id = -1
+        self._any_instances = False
+        self._bad_ids = 0  # values dropped at append for an id outside 0..2**31-1
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def append(self, step: int, ids: np.ndarray, values: np.ndarray, instances: np.ndarray | None = None) -> None:
+        """Store one record: the values of samples `ids` at `step` (ids may repeat: one value per instance).
+
+        `instances` optionally gives each value's instance index; without it a repeated id's values are
+        numbered in their order. Ids outside 0..2**31-1 are dropped (logged once per store).
+        """
+        ids = np.asarray(ids).reshape(-1)
+        vals = np.asarray(values, dtype=np.float32).reshape(-1)
+        if ids.shape != vals.shape:
+            raise ValueError(f"{ids.size} ids for {vals.size} values")
+        inst = None if instances is None else np.asarray(instances).reshape(-1)
+        if inst is not None and inst.shape != ids.shape:
+            raise ValueError(f"{inst.size} instance indexes for {ids.size} values")
+        if ids.size and (ids.dtype.kind not in "iu" or ids.dtype.itemsize > 4 or ids.dtype == np.uint32):
+            ok = (ids >= 0) & (ids <= _ID_LIMIT)
+            if not ok.all():
+                self._note_bad_ids(int(ids.size - ok.sum()))
+                ids, vals = ids[ok], vals[ok]
+                inst = None if inst is None else inst[ok]
+        ids32 = ids.astype(np.int32, copy=False)
+        n = ids32.size
+        if n == 0:
+            return
+        if ids32.min() < 0:
+            ok = ids32 >= 0
+            self._note_bad_ids(int(n - ok.sum()))
+            ids32, vals = ids32[ok], vals[ok]
+            inst = None if inst is None else inst[ok]
+            n = ids32.size
+            if n == 0:
+                return
+        flags = np.uint8(0)
+        if n > 1:
+            sids = np.sort(ids32)
+            if (sids[1:] == sids[:-1]).any():  # instances: store sorted by id, so folds are runs
+                flags |= _FOLD
+                order = np.argsort(ids32, kind="stable")  # stable: implicit instance numbers stay recoverable
+                ids32, vals = sids, vals[order]
+                inst = None if inst is None else inst[order]
+        if inst is not None:
+            flags |= _INST
+            inst = inst.astype(np.int32, copy=False)
+        top = int(ids32.max())
+        with self._lock:
+            chunk = self._chunks[-1] if self._chunks else None
+            if chunk is None or chunk.used + n > chunk.capacity:
+                size = CHUNK_MIN if chunk is None else chunk.capacity * 2
+                chunk = _Chunk(max(n, min(size, self._chunk_max)), self._records, self._values)
+                self._chunks.append(chunk)
+            at = chunk.used
+            chunk.ids[at:at + n] = ids32
+            chunk.values[at:at + n] = vals
+            if inst is not None:
+                if chunk.instances is None:
+                    chunk.instances = np.zeros(chunk.capacity, dtype=np.int32)
+                chunk.instances[at:at + n] = inst
+            chunk.used = at + n
+            r = self._records
+            if r == len(self._steps):
+                self._grow_index()
+            self._steps[r] = step
+            self._starts[r + 1] = self._values + n
+            self._flags[r] = flags
+            if r and step < self._steps[r - 1]:
+                self._sorted_steps = False
+            self._max_id = max(self._max_id, top)
+            self._any_instances |= bool(flags)
+            self._values += n
+            self._records = r + 1  # last: the record is complete when a reader can count it
+
+    def _grow_index(self) -> None:
+        """Replace the index arrays by twice-larger copies (readers keep the old ones: same prefix)."""
+        cap = len(self._steps) * 2
+        steps = np.empty(cap, dtype=np.int64)
+        steps[:len(self._steps)] = self._steps
+        starts = np.zeros(cap + 1, dtype=np.int64)
+        starts[:len(self._starts)] = self._starts
+        flags = np.zeros(cap, dtype=np.uint8)
+        flags[:len(self._flags)] = self._flags
+        self._steps, self._starts, self._flags = steps, starts, flags
+
+    def image(self) -> StoreImage:
+        """The store as of now: the record index copied (17 bytes a record), the chunks by reference."""
+        with self._lock:
+            n = self._records
+            chunks = tuple(ChunkImage(c.capacity, c.first_record, c.offset, c.used, c.ids, c.values, c.instances)
+                           for c in self._chunks)
+            return StoreImage(self.split, self.signal, n, self._values, self._steps[:n].copy(),
+                              self._starts[:n + 1].copy(), self._flags[:n].copy(), self._sorted_steps, self._max_id,
+                              self._any_instances, self._bad_ids, chunks)
+
+    @classmethod
+    def from_image(cls, image: StoreImage, chunk_max: int = CHUNK_MAX) -> SignalStore:
+        """A store rebuilt from an image (its chunk arrays are taken, not copied); checks it hangs together."""
+        _check_image(image)
+        store = cls(image.split, image.signal, chunk_max)
+        n = image.records
+        cap = _INDEX_MIN
+        while cap < n:  # the capacity appends would have grown the index to
+            cap *= 2
+        store._steps = np.empty(cap, dtype=np.int64)
+        store._starts = np.zeros(cap + 1, dtype=np.int64)
+        store._flags = np.zeros(cap, dtype=np.uint8)
+        store._steps[:n], store._starts[:n + 1], store._flags[:n] = image.steps, image.starts, image.flags
+        store._chunks = [_Chunk.adopt(c) for c in image.chunks]
+        store._records, store._values = n, image.values
+        store._sorted_steps, store._max_id = image.sorted_steps, image.max_id
+        store._any_instances, store._bad_ids = image.any_instances, image.bad_ids
+        return store
+
+    def _note_bad_ids(self, count: int) -> None:
+        if not self._bad_ids:
+            log.warning("sample ids outside 0..2**31-1 dropped", split=self.split, signal=self.signal, count=count)
+        self._bad_ids += count
+
+    # -- size ---------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Values stored."""
+        return self._values
+
+    @property
+    def records(self) -> int:
+        return self._records
+
+    @property
+    def has_instances(self) -> bool:
+        """Whether any record carried repeated ids or instance indexes."""
+        return self._any_instances
+
+    def nbytes(self) -> int:
+        """Bytes allocated for the store (chunk capacity included; untouched pages are not resident)."""
+        with self._lock:
+            return sum(c.nbytes() for c in self._chunks) + self._steps.nbytes + self._starts.nbytes + self._flags.nbytes
+
+    def used_nbytes(self) -> int:
+        """Bytes holding data: values, instance indexes of chunks that have them, and the record index."""
+        with self._lock:
+            inst = sum(c.used * 4 for c in self._chunks if c.instances is not None)
+            return self._values * 8 + inst + self._records * 17
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _snapshot(self) -> _Snapshot:
+        with self._lock:
+            n = self._records
+            chunks = list(self._chunks)
+            steps, starts, flags = self._steps[:n], self._starts[:n + 1], self._flags[:n]
+            sorted_steps, max_id = self._sorted_steps, self._max_id
+        spans = []
+        for i, c in enumerate(chunks):
+            end = min(chunks[i + 1].first_record, n) if i + 1 < len(chunks) else n
+            if end > c.first_record:
+                spans.append((c, c.first_record, end))
+        return _Snapshot(n, steps, starts, flags, tuple(spans), sorted_steps, max_id)
+
+    def slice_curve(self, mask: np.ndarray | None, max_points: int, how: Fold | str = "mean",
+                    step_range: tuple[int, int] | None = None) -> SliceCurve:
+        """The mean curve of the samples in `mask` (a boolean mask over the split's sample ids; None: all).
+
+        Per step: the mean, min and max over the samples of the step's records that are in the mask (a
+        sample's instances folded first with `how`), and how many were counted; steps with none are
+        absent. `step_range` (first, last), both included, keeps those steps only. Downsampled to
+        `max_points` (0: every step) keeping the first and last steps and an evenly spaced subset.
+        """
+        _check_fold(how)
+        snap = self._snapshot()
+        if snap.records == 0:
+            return _empty_curve()
+        lookup: np.ndarray | None = None
+        if mask is not None:
+            lookup = np.asarray(mask, dtype=bool).reshape(-1)
+            if not lookup.any():
+                return _empty_curve()
+            if len(lookup) <= snap.max_id:  # ids past the mask's end are not in it
+                lookup = np.concatenate([lookup, np.zeros(snap.max_id + 1 - len(lookup), dtype=bool)])
+        rec_ok: np.ndarray | None = None
+        if step_range is not None:
+            rec_ok = (snap.steps >= step_range[0]) & (snap.steps <= step_range[1])
+        part = _Partial.empty(snap.records)
+        for chunk, r0, r1 in snap.chunks:
+            ok = None
+            if rec_ok is not None:
+                sel = np.flatnonzero(rec_ok[r0:r1])
+                if sel.size == 0:
+                    continue
+                r0, r1 = r0 + int(sel[0]), r0 + int(sel[-1]) + 1
+                ok = rec_ok[r0:r1]
+                if ok.all():
+                    ok = None
+            _aggregate_chunk(chunk, snap, r0, r1, lookup, how, ok, part)
+        return _by_step(snap, part, max_points)
+
+    def trajectory(self, sample_ids: Sequence[int] | np.ndarray, max_points: int,
+                   how: Fold | str = "mean") -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per requested sample: (steps int64, values float64) of every step it appeared at, in step order,
+        its instances (and repeated reports at one step) folded with `how`, downsampled to `max_points`."""
+        _check_fold(how)
+        wanted = np.unique(np.asarray(sample_ids, dtype=np.int64).reshape(-1))
+        out = {int(s): (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)) for s in wanted.tolist()}
+        snap = self._snapshot()
+        wanted = wanted[(wanted >= 0) & (wanted <= snap.max_id)]
+        if snap.records == 0 or wanted.size == 0:
+            return out
+        table = np.zeros(snap.max_id + 1, dtype=bool)
+        table[wanted] = True
+        got_ids, got_steps, got_vals = [], [], []
+        for chunk, r0, r1 in snap.chunks:
+            lo, hi = int(snap.starts[r0] - chunk.offset), int(snap.starts[r1] - chunk.offset)
+            ids = chunk.ids[lo:hi]
+            pos = np.flatnonzero(table[ids])
+            if pos.size == 0:
+                continue
+            vals = chunk.values[lo:hi][pos]
+            fin = np.isfinite(vals)
+            pos, vals = pos[fin], vals[fin]
+            rec = np.searchsorted(snap.starts[r0:r1 + 1] - snap.starts[r0], pos, side="right") - 1
+            got_ids.append(ids[pos])
+            got_steps.append(snap.steps[r0:r1][rec])
+            got_vals.append(vals)
+        if not got_ids:
+            return out
+        ids = np.concatenate(got_ids)
+        steps = np.concatenate(got_steps)
+        vals = np.concatenate(got_vals)
+        order = np.lexsort((steps, ids))
+        ids, steps, vals = ids[order], steps[order], vals[order]
+        if ids.size == 0:
+            return out
+        first = np.ones(len(ids), dtype=bool)
+        first[1:] = (ids[1:] != ids[:-1]) | (steps[1:] != steps[:-1])
+        starts = np.flatnonzero(first)
+        folded = _run_fold(vals, starts, how)
+        ids, steps = ids[starts], steps[starts]
+        bounds = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True])
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            idx = decimate_indexes(b - a, max_points) + a
+            out[int(ids[a])] = (steps[idx], folded[idx])
+        return out
+
+    def step_samples(self, step: int, max_samples: int, how: Fold | str = "mean") -> tuple[np.ndarray, np.ndarray, int]:
+        """The samples reported at `step`: (ids int64, values float64, how many samples there were), highest
+        values first (NaN last), at most `max_samples` of them (0: all); instances folded with `how`."""
+        _check_fold(how)
+        snap = self._snapshot()
+        if snap.sorted_steps:
+            lo, hi = np.searchsorted(snap.steps, [step, step + 1])
+            recs = np.arange(lo, hi)
+        else:
+            recs = np.flatnonzero(snap.steps == step)
+        if recs.size == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), 0
+        firsts = np.array([c.first_record for c, _, _ in snap.chunks])
+        ids_parts, val_parts = [], []
+        for r in recs.tolist():
+            chunk = snap.chunks[int(np.searchsorted(firsts, r, side="right")) - 1][0]
+            lo_, hi_ = int(snap.starts[r] - chunk.offset), int(snap.starts[r + 1] - chunk.offset)
+            ids_parts.append(chunk.ids[lo_:hi_])
+            val_parts.append(chunk.values[lo_:hi_])
+        uids, folded = fold_per_sample(np.concatenate(ids_parts), np.concatenate(val_parts), how)
+        order = np.argsort(-folded, kind="stable")  # NaN sorts last
+        if max_samples > 0:
+            order = order[:max_samples]
+        return uids[order], folded[order], len(uids)
+
+    def records_at(self, step: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """The stored records of `step`, per-instance breakdown included: (ids, values, instance indexes or
+        None), copies. A record with repeated ids is stored sorted by id."""
+        snap = self._snapshot()
+        out = []
+        firsts = np.array([c.first_record for c, _, _ in snap.chunks])
+        for r in np.flatnonzero(snap.steps == step).tolist():
+            chunk = snap.chunks[int(np.searchsorted(firsts, r, side="right")) - 1][0]
+            lo, hi = int(snap.starts[r] - chunk.offset), int(snap.starts[r + 1] - chunk.offset)
+            ids = chunk.ids[lo:hi].copy()
+            inst: np.ndarray | None = None
+            if snap.flags[r] & _INST and chunk.instances is not None:
+                inst = chunk.instances[lo:hi].copy()
+            elif snap.flags[r] & _FOLD:
+                inst = _occurrence(ids)
+            out.append((ids, chunk.values[lo:hi].copy(), inst))
+        return out
+
+
+def _check_image(image: StoreImage) -> None:
+    """Raise ValueError unless the image's index and chunks describe one another (lengths, offsets, dtypes)."""
+    n, where = image.records, f"store {image.split!r}/{image.signal!r}"
+    if image.steps.shape != (n,) or image.starts.shape != (n + 1,) or image.flags.shape != (n,):
+        raise ValueError(f"{where}: index arrays do not hold {n} records")
+    if (image.steps.dtype, image.starts.dtype, image.flags.dtype) != (np.int64, np.int64, np.uint8):
+        raise ValueError(f"{where}: index arrays of the wrong dtypes")
+    if int(image.starts[0]) != 0 or int(image.starts[-1]) != image.values or (np.diff(image.starts) < 0).any():
+        raise ValueError(f"{where}: record starts do not run from 0 to {image.values}")
+    record, offset = 0, 0
+    for c in image.chunks:
+        arrays = [c.ids, c.values] + ([] if c.instances is None else [c.instances])
+        if any(a.shape != (c.capacity,) for a in arrays) or not 0 <= c.used <= c.capacity:
+            raise ValueError(f"{where}: a chunk's arrays do not match its capacity {c.capacity}")
+        if (c.ids.dtype, c.values.dtype) != (np.int32, np.float32) or (c.instances is not None
+                                                                       and c.instances.dtype != np.int32):
+            raise ValueError(f"{where}: chunk arrays of the wrong dtypes")
+        if c.first_record != record or c.offset != offset or int(image.starts[record]) != offset:
+            raise ValueError(f"{where}: chunk at value {c.offset} does not follow the one before")
+        end = int(np.searchsorted(image.starts, offset + c.used, side="right")) - 1
+        if int(image.starts[end]) != offset + c.used:  # a record never straddles two chunks
+            raise ValueError(f"{where}: chunk at value {c.offset} ends inside a record")
+        record, offset = end, offset + c.used
+    if record != n or offset != image.values:
+        raise ValueError(f"{where}: chunks hold {offset} values of {record} records, not {image.values} of {n}")
+
+
+def _aggregate_chunk(chunk: _Chunk, snap: _Snapshot, r0: int, r1: int, lookup: np.ndarray | None, how: str,
+                     rec_ok: np.ndarray | None, part: _Partial) -> None:
+    """Fill `part[r0:r1]` from records r0..r1 of `chunk` (all of them in it); `rec_ok`: which of them count."""
+    base = int(snap.starts[r0])
+    bounds = snap.starts[r0:r1 + 1] - base  # record boundaries within the block
+    lo = base - chunk.offset
+    ids = chunk.ids[lo:lo + int(bounds[-1])]
+    vals = chunk.values[lo:lo + int(bounds[-1])]
+    keep: np.ndarray | None = None  # which values count (None: all, if finite)
+    if lookup is not None:
+        keep = lookup[ids]
+    if rec_ok is not None:
+        by_value = np.repeat(rec_ok, np.diff(bounds))
+        keep = by_value if keep is None else keep & by_value
+    fold = (snap.flags[r0:r1] & _FOLD) != 0
+    if not fold.any():  # the common case: no sample has several instances
+        _aggregate(ids, vals, bounds, keep, False, how, part, np.arange(r0, r1))
+    elif fold.all():
+        _aggregate(ids, vals, bounds, keep, True, how, part, np.arange(r0, r1))
+    else:
+        # Every record as if none had instances (no copy), then the few records with instances again,
+        # gathered apart and folded, replacing what the first pass wrote for them.
+        _aggregate(ids, vals, bounds, keep, False, how, part, np.arange(r0, r1))
+        local = np.flatnonzero(fold)
+        dest = local + r0
+        part.reset(dest)
+        idx, sub_bounds = _ranges(bounds[local], bounds[local + 1])
+        _aggregate(ids[idx], vals[idx], sub_bounds, None if keep is None else keep[idx], True, how, part, dest)
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the ranges [starts, ends) back to back, and the ranges' bounds within them."""
+    lengths = ends - starts
+    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    return np.arange(bounds[-1]) + np.repeat(starts - bounds[:-1], lengths), bounds
+
+
+def _aggregate(ids: np.ndarray, vals: np.ndarray, bounds: np.ndarray, keep: np.ndarray | None, fold: bool,
+               how: str, part: _Partial, dest: np.ndarray) -> None:
+    """Per-record sum, count, min and max of the kept finite values (of the per-sample folds if `fold`), for
+    the records between `bounds`, written to `part` at their indexes `dest` (records with any only)."""
+    cids = ids
+    if keep is None:
+        if np.isfinite(vals).all():  # every value counts: no copy
+            cvals, cbounds = vals, bounds
+        else:
+            keep = np.isfinite(vals)
+    if keep is not None:
+        pos = np.flatnonzero(keep)
+        cvals = vals[pos]
+        finite = np.isfinite(cvals)
+        if not finite.all():
+            pos, cvals = pos[finite], cvals[finite]
+        cbounds = np.searchsorted(pos, bounds)
+        if fold:
+            cids = ids[pos]
+    if fold and len(cvals):  # fold each sample's instances: runs of one id within a record (stored sorted)
+        first = np.empty(len(cvals), dtype=bool)
+        first[0] = True
+        np.not_equal(cids[1:], cids[:-1], out=first[1:])
+        first[cbounds[:-1][cbounds[:-1] < len(cvals)]] = True
+        gstarts = np.flatnonzero(first)
+        cvals = _run_fold(cvals, gstarts, how)
+        cbounds = np.searchsorted(gstarts, cbounds)
+    counts = np.diff(cbounds)
+    nonempty = counts > 0
+    if not nonempty.any():
+        return
+    at = cbounds[:-1][nonempty]
+    dest = dest[nonempty]
+    part.counts[dest] = counts[nonempty]
+    part.sums[dest] = np.add.reduceat(cvals, at, dtype=np.float64)
+    part.mins[dest] = np.minimum.reduceat(cvals, at)
+    part.maxs[dest] = np.maximum.reduceat(cvals, at)
+
+
+def _by_step(snap: _Snapshot, part: _Partial, max_points: int) -> SliceCurve:
+    """Pool the per-record aggregates by step, then downsample."""
+    recs = np.flatnonzero(part.counts)
+    if recs.size == 0:
+        return _empty_curve()
+    steps = snap.steps[recs]
+    if not snap.sorted_steps:
+        order = np.argsort(steps, kind="stable")
+        recs, steps = recs[order], steps[order]
+    sums, counts, mins, maxs = part.sums[recs], part.counts[recs], part.mins[recs], part.maxs[recs]
+    if len(steps) > 1 and not (np.diff(steps) > 0).all():  # several records at one step: pool them
+        at = np.flatnonzero(np.r_[True, steps[1:] != steps[:-1]])
+        steps = steps[at]
+        sums, counts = np.add.reduceat(sums, at), np.add.reduceat(counts, at)
+        mins, maxs = np.minimum.reduceat(mins, at), np.maximum.reduceat(maxs, at)
+    idx = decimate_indexes(len(steps), max_points)
+    return SliceCurve(steps[idx], sums[idx] / counts[idx], mins[idx], maxs[idx], counts[idx], len(steps))
+
+
+class SampleSignals:
+    """All of a run's per-sample signal histories, one `SignalStore` per (split, signal)."""
+
+    def __init__(self, chunk_max: int = CHUNK_MAX) -> None:
+        self._lock = threading.Lock()
+        self._stores: dict[tuple[str, str], SignalStore] = {}
+        self._chunk_max = chunk_max
+
+    def store(self, split: str, signal: str) -> SignalStore:
+        """The store of (split, signal), created on first use."""
+        with self._lock:
+            store = self._stores.get((split, signal))
+            if store is None:
+                store = self._stores[(split, signal)] = SignalStore(split, signal, self._chunk_max)
+            return store
+
+    def get(self, split: str, signal: str) -> SignalStore | None:
+        """The store of (split, signal) if anything was appended to it (readers: never creates one)."""
+        with self._lock:
+            return self._stores.get((split, signal))
+
+    def images(self) -> list[StoreImage]:
+        """An image of every store, in creation order (take it under the lock that orders appends)."""
+        with self._lock:
+            stores = list(self._stores.values())
+        return [s.image() for s in stores]
+
+    def adopt(self, images: list[StoreImage]) -> None:
+        """Replace every store by those rebuilt from `images` (all checked first: all or nothing)."""
+        stores = {(img.split, img.signal): SignalStore.from_image(img, self._chunk_max) for img in images}
+        if len(stores) != len(images):
+            raise ValueError("two store images of one (split, signal)")
+        with self._lock:
+            self._stores = stores
+
+    def names(self) -> list[tuple[str, str]]:
+        """(split, signal) of every store, in creation order."""
+        with self._lock:
+            return list(self._stores)
+
+    def nbytes(self) -> int:
+        with self._lock:
+            stores = list(self._stores.values())
+        return sum(s.nbytes() for s in stores)
+
+    def __len__(self) -> int:
+        """Values stored, all stores together."""
+        with self._lock:
+            stores = list(self._stores.values())
+        return sum(len(s) for s in stores)
