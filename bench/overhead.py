@@ -1,10 +1,14 @@
 """Training overhead: a small CNN on CPU, bare vs the shim (with and without a daemon) vs other loggers.
 
+Two baselines, in the same run: `bare` is a plain torch DataLoader loop (what a user switches from),
+and `bare + shim sampler` is the same loop over the shim's own loader (ids and the deny-aware sampler)
+with nothing observed, so the shim against it is the cost of observation alone.
+
 Every variant runs the same model, data and seeds in a fresh process per round (one shim session
 per process, forked from a server that has imported torch once); the variants are interleaved over
 rounds in a shuffled order, so drift of the machine hits them all alike. A round's figure is its
-median step time after the first epoch; the ratio to bare is the median over rounds of (variant /
-bare in the same round).
+median step time after the first epoch; a ratio is the median over rounds of (variant / baseline in
+the same round).
 
     .venv/bin/python bench/overhead.py [--steps N] [--rounds R] [--quick]
 """
@@ -58,6 +62,7 @@ class Variant:
 
 VARIANTS = (
     Variant("bare", "bare torch loop", logs="nothing (loss.mean() only)"),
+    Variant("bare-sampler", "bare + shim loader", logs="nothing; the shim's ids and deny-aware sampler"),
     Variant("shim", "shim + daemon", logs="per-sample loss, ids, targets, preds -> ring -> weightslabd"),
     Variant("shim-alone", "shim, no daemon", logs="same records into a ring nobody reads"),
     Variant("tensorboard", "TensorBoard", "tensorboard",
@@ -120,6 +125,8 @@ def worker(key: str, steps: int, scratch: Path) -> dict[str, Any]:
     loop: Loop
     if key in ("shim", "shim-alone"):
         loop = ShimLoop(key == "shim", dataset, model, optimizer, criterion)
+    elif key == "bare-sampler":
+        loop = SamplerLoop(dataset, model, optimizer, criterion)
     elif key == "weightslab":
         loop = WatchedLoop(importlib.import_module("weightslab"), dataset, model, optimizer, criterion)
     else:
@@ -191,6 +198,25 @@ class PlainLoop(Loop):
     def report(self) -> dict[str, Any]:
         self.close()
         return {}
+
+
+class SamplerLoop(Loop):
+    """The bare loop over the very loader the shim builds (its sampler and id-carrying items), unobserved."""
+
+    def __init__(self, dataset: Any, model: Any, optimizer: Any, criterion: Any) -> None:
+        import torch
+
+        from weightslab_shim.data import DenyAwareBatchSampler, _Indexed
+
+        sampler = DenyAwareBatchSampler(len(dataset), BATCH, shuffle=True, seed=SEED)
+        self.batches = _endless(torch.utils.data.DataLoader(_Indexed(dataset), batch_sampler=sampler))
+        self.model, self.optimizer, self.criterion = model, optimizer, criterion
+
+    def step(self) -> None:
+        x, _ids, y = next(self.batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.criterion(self.model(x), y).mean().backward()
+        self.optimizer.step()
 
 
 class WatchedLoop(Loop):
@@ -347,18 +373,20 @@ def print_table(rows: Rows, steps: int, rounds: int) -> None:
           f"batch {BATCH}, {SAMPLES} samples 3x32x32, {CLASSES} classes; {rounds} rounds x ({EPOCH} first-epoch "
           f"+ {steps} timed) steps per variant, each in its own process; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
-    head = (f"{'variant':<17} {'µs/step':>8} {'vs bare':>7} {'(range)':>11} {'+µs/step':>8} "
+    head = (f"{'variant':<19} {'µs/step':>8} {'vs bare':>7} {'(range)':>11} {'vs loader':>9} {'+µs/step':>8} "
             f"{'epoch 1':>7} {'dropped':>7}  logs per step")
     print(head)
     print("-" * len(head))
     bare, bare_first = rows.steady.get("bare", {}), rows.first_epoch.get("bare", {})
+    loader = rows.steady.get("bare-sampler", {})
     for v in VARIANTS:
         why = missing(v) or rows.failed.get(v.key)
         meds = rows.steady.get(v.key)
         if why or not meds:
-            print(f"{v.label:<17} {why or 'no result'}")
+            print(f"{v.label:<19} {why or 'no result'}")
             continue
         steady, first = ratios(meds, bare), ratios(rows.first_epoch[v.key], bare_first)
+        vs_loader = ratios(meds, loader)
         added = [meds[r] - bare[r] for r in meds if r in bare]
         extras = rows.extras[v.key]
         dropped = str(sum(e["dropped"] for e in extras)) if "dropped" in extras[0] else ""
@@ -366,12 +394,14 @@ def print_table(rows: Rows, steps: int, rounds: int) -> None:
         if v.key == "shim":
             attached = sum(e["attached_steps"] for e in extras) / (steps * len(extras))
             note += f" (attached for {attached:.0%} of timed steps)"
-        print(f"{v.label:<17} {statistics.median(meds.values()):>8.0f} {statistics.median(steady):>7.3f} "
-              f"{min(steady):>5.2f}-{max(steady):<5.2f} {statistics.median(added):>+8.0f} "
-              f"{statistics.median(first):>7.3f} {dropped:>7}  {note}")
+        print(f"{v.label:<19} {statistics.median(meds.values()):>8.0f} {statistics.median(steady):>7.3f} "
+              f"{min(steady):>5.2f}-{max(steady):<5.2f} "
+              f"{(statistics.median(vs_loader) if vs_loader else float('nan')):>9.3f} "
+              f"{statistics.median(added):>+8.0f} {statistics.median(first):>7.3f} {dropped:>7}  {note}")
     print("(µs/step: median over rounds of each round's median after the first epoch; vs bare and +µs/step: "
-          "median of the per-round ratio and difference to bare; epoch 1: the same ratio over the first "
-          "epoch, when the attached shim also sends each sample's input once as a preview)")
+          "median of the per-round ratio and difference to the DataLoader loop; vs loader: the same ratio to "
+          "the bare loop over the shim's own loader, i.e. the cost of observation alone; epoch 1: the ratio to "
+          "bare over the first epoch, when the attached shim also sends each sample's input once as a preview)")
     print(f"shared-memory rings left in /dev/shm after the runs: {len(rows.leftover_rings)}")
 
 

@@ -7,7 +7,9 @@
    publish with nothing between (the shim's publisher thread then competes with the caller for the
    GIL); the "0.5 ms apart" row sleeps between calls, as a step's compute would, during which torch
    releases the GIL and the publisher thread works (caches are colder then, too). Each call is timed
-   with perf_counter_ns; percentiles are over committed records, drops are counted. Steady state:
+   with perf_counter_ns; percentiles are over every call (the trainer pays the hand-over whether the
+   publisher thread later commits or drops the record), and drops are counted after each burst, once
+   the publisher thread has drained. Steady state:
    timing starts after one full pass through the ring, so its shared-memory pages are mapped.
 2. A 16 MiB record through `RingWriter.write` (reserve, copy with the checksum summed chunk by chunk, commit)
    while another process drains it, against a plain 16 MiB copy between two preallocated numpy
@@ -101,20 +103,18 @@ def measure_publish(session: Session, label: str, n: int, as_torch: bool, iterat
         session.end_step(training=True)
 
     def burst(count: int, into: list[int]) -> int:
-        """`count` publishes back to back; returns how many were dropped."""
-        drops = 0
+        """`count` publishes back to back, then a wait for the daemon; returns how many were dropped.
+        The publisher thread drops a record after the call has returned (its queue or the ring full), so
+        drops are counted once it has handed over or dropped every record of the burst."""
+        before = dropped()
         for _ in range(count):
-            before = dropped()
             t0 = time.perf_counter_ns()
             publish()
-            elapsed = time.perf_counter_ns() - t0
-            if dropped() == before:
-                into.append(elapsed)
-            else:
-                drops += 1
+            into.append(time.perf_counter_ns() - t0)
             if pace:
                 time.sleep(pace)  # the step's compute: torch releases the GIL there, as this does
-        return drops
+        caught_up()
+        return dropped() - before
 
     def dropped() -> int:
         return int(session.dropped)
@@ -142,14 +142,12 @@ def measure_publish(session: Session, label: str, n: int, as_torch: bool, iterat
         per_burst = max(1, min(200, ring.capacity // (2 * record_bytes)))
         while probe.write_position - start < ring.capacity:  # one pass: every ring page mapped
             burst(per_burst, [])
-            caught_up()
         timed: list[int] = []
         drops = 0
         t0 = time.perf_counter()
-        while len(timed) + drops < iterations:
-            drops += burst(min(per_burst, iterations - len(timed) - drops), timed)
-            caught_up()
-        rate = (len(timed) + drops) / (time.perf_counter() - t0)
+        while len(timed) < iterations:
+            drops += burst(min(per_burst, iterations - len(timed)), timed)
+        rate = len(timed) / (time.perf_counter() - t0)
     finally:
         probe.close()
     return PublishResult(label, record_bytes, timed, drops, rate)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 DAEMON = Path(sys.executable).with_name("weightslabd")
+# Where the package is importable but not installed (a checkout carried to a GPU machine): run the module.
+COMMAND = [str(DAEMON)] if DAEMON.exists() else [sys.executable, "-m", "weightslabd"]
 READY_TIMEOUT = 30.0
 
 
@@ -48,7 +50,7 @@ def running_daemon(root: Path, runtime: Path | None = None) -> Iterator[Path]:
     env = daemon_env(root, runtime)
     log_path = root / "daemon.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(DAEMON)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(COMMAND, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while not (runtime / "daemon.json").exists():

@@ -45,7 +45,8 @@ class DenyAwareBatchSampler:
 
 
 class _Indexed:
-    """Dataset view whose items are (input, sample_id, target)."""
+    """Dataset view whose items are (input, sample_id, target, *rest), as WeightsLab's loader yields them:
+    whatever a dataset item carries after its target (boxes, masks, metadata) is kept, in order."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -53,13 +54,13 @@ class _Indexed:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Any, int, Any]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         item = self.dataset[index]
         if isinstance(item, (tuple, list)):
-            x, y = (item[0], item[1]) if len(item) > 1 else (item[0], -1)
-        else:
-            x, y = item, -1
-        return x, index, y
+            if len(item) > 1:
+                return (item[0], index, item[1], *item[2:])
+            return item[0], index, -1
+        return item, index, -1
 
 
 PathOf = Callable[[int], "str | None"]
@@ -87,7 +88,8 @@ def _text(path: Any) -> str | None:
 
 
 class WatchedLoader:
-    """Yields `(inputs, sample_ids, targets)`; iterate an epoch with `for`, or call `next()` forever."""
+    """Yields `(inputs, sample_ids, targets, *rest)`: `rest` is what a dataset item carries after its target.
+    Iterate an epoch with `for`, or call `next()` forever."""
 
     def __init__(self, dataset: Any, session: Any, loader_name: str | None = None, *, batch_size: int = 32,
                  shuffle: bool = False, is_training: bool = False, num_workers: int = 0,
@@ -180,6 +182,19 @@ class WatchedLoader:
         raise StopIteration(f"loader {self.split!r} has no samples left in the loop")
 
 
-def _stack(items: list[tuple[Any, int, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    xs, ids, ys = zip(*items, strict=True)
-    return np.stack([np.asarray(x) for x in xs]), np.asarray(ids, dtype=np.int64), np.asarray(ys)
+def _stack(items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    xs, ids, ys, *rest = zip(*items, strict=True)
+    extra = tuple(_column(values) for values in rest)
+    return (np.stack([np.asarray(x) for x in xs]), np.asarray(ids, dtype=np.int64), np.asarray(ys), *extra)
+
+
+def _column(values: tuple[Any, ...]) -> Any:
+    """One extra field of a batch: stacked when every sample's value has the same shape, else a list
+    (boxes per image, metadata dicts), as a collate_fn for detection data would leave them."""
+    try:
+        arrays = [np.asarray(v) for v in values]
+        if all(a.dtype != object and a.shape == arrays[0].shape for a in arrays):
+            return np.stack(arrays)
+    except (TypeError, ValueError):
+        pass
+    return list(values)

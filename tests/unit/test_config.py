@@ -433,6 +433,12 @@ def test_docs_list_every_field_with_default_accepted_values_and_description() ->
         assert topic in docs
 
 
+def test_the_documented_error_example_is_what_weightslabd_prints() -> None:
+    docs = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    printed = "weightslabd: " + rejected({"GRPC_BACKEND_PORT": "70000"})  # cli.main's prefix
+    assert f"\n{printed}\n" in docs
+
+
 def spec_backend_rows() -> list[tuple[str, str]]:
     """(variable, default cell) of every table row in the spec's backend part."""
     text = SPEC.read_text(encoding="utf-8")

@@ -96,3 +96,19 @@ def test_deny_commands_accept_a_packed_mask(session: Session) -> None:
                          "args": {"split": "train", "mask": wire.pack_mask(mask), "deny": True}})
     session.begin_step()
     assert loader.active_count() == 50_000
+
+
+@pytest.mark.parametrize("with_torch", [True, False])
+def test_what_an_item_carries_after_its_target_is_kept(session: Session, with_torch: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if not with_torch:
+        monkeypatch.setitem(__import__("sys").modules, "torch", None)  # the loader's numpy path
+    data = [(np.full(2, i, dtype=np.float32), i % 3, np.array([i, i + 1.0]), {"file": f"{i}.png"})
+            for i in range(16)]
+    loader = WatchedLoader(data, session, "train", batch_size=4, is_training=True)
+    inputs, ids, targets, boxes, meta = next(loader)
+    ids = np.asarray(ids)
+    assert np.asarray(boxes).tolist() == [[i, i + 1.0] for i in ids.tolist()]  # stacked, in the batch's order
+    assert (meta["file"] if isinstance(meta, dict) else [m["file"] for m in meta]) == [f"{i}.png" for i in ids]
+    assert np.asarray(targets).tolist() == [i % 3 for i in ids.tolist()]
+    assert np.asarray(inputs)[:, 0].tolist() == ids.tolist()
