@@ -14,11 +14,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from . import wire
+from .runtime import private_dir_problem
 
 HELLO_EVERY = 0.2  # seconds between hellos while detached: re-attach well within a second
 HEARTBEAT_EVERY = 0.25
@@ -46,8 +48,11 @@ class ControlChannel:
         hello: Callable[[], wire.Message],
         heartbeat: Callable[[], wire.Message],
         on_message: Callable[[wire.Message], None],
+        runtime_dir: Path | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.runtime_dir = runtime_dir
+        self.refused: str | None = None  # the runtime directory is not private: we never talk there
         self._hello = hello
         self._heartbeat = heartbeat
         self._on_message = on_message
@@ -81,6 +86,9 @@ class ControlChannel:
             self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
+        state = _LoopState(started=time.monotonic())
+        if not self._await_private_dir(state):
+            return
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to a live daemon; else drop, never block
@@ -89,7 +97,6 @@ class ControlChannel:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.connect(self.endpoint)
-        state = _LoopState(started=time.monotonic())
         try:
             while not self._stop.is_set():
                 try:
@@ -112,6 +119,8 @@ class ControlChannel:
             attached = False
             st.next_hello = 0.0
         if not attached and now >= st.next_hello:
+            if not self._dir_private():
+                return
             self._send(sock, self._hello())
             # After a refusal, ask again now and then: the daemon may be upgraded or restarted.
             st.next_hello = now + (REJECTED_RETRY if self.rejected else HELLO_EVERY)
@@ -128,6 +137,8 @@ class ControlChannel:
                     frame = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                if not self.attached.is_set() and not self._dir_private():
+                    return
                 st.last_reply = time.monotonic()
                 self._dispatch(frame)
 
@@ -158,6 +169,28 @@ class ControlChannel:
             sock.send(wire.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             pass  # no daemon: the ring keeps the data, control messages are re-sent by state
+
+    def _dir_private(self) -> bool:
+        """Checked before each hello, and before reading anything while detached (never on the
+        training thread): a runtime directory that is not ours and private ends this channel."""
+        if self.refused is None and self.runtime_dir is not None:
+            problem = private_dir_problem(self.runtime_dir)
+            if problem:
+                self.refused = problem
+                self.attached.clear()
+                self._stop.set()
+                sys.stderr.write(f"weightslab: {problem}; training continues without weightslabd\n")
+        return self.refused is None
+
+    def _await_private_dir(self, st: _LoopState) -> bool:
+        """Connect only once the runtime directory exists and is private (the daemon creates it)."""
+        while not self._stop.is_set():
+            if self.runtime_dir is None or os.path.lexists(self.runtime_dir):
+                return self._dir_private()
+            if not self._warned and time.monotonic() - st.started > WARN_AFTER:
+                self._warn_once()
+            self._stop.wait(HELLO_EVERY)
+        return False
 
     def _warn_once(self) -> None:
         self._warned = True

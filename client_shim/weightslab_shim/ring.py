@@ -38,6 +38,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import stat
 import struct
 import time
 import zlib
@@ -174,8 +175,9 @@ class RingWriter:
         self.capacity = capacity
         self.max_record = capacity // 2
         self.name = f"{prefix}{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(shm_path(self.name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(shm_path(self.name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask: the daemon attaches nothing else
             # Reserve the pages now: a tmpfs that fills up later would kill the trainer with SIGBUS on
             # a write; here it is an ENOSPC the shim reports, and training goes on unobserved.
             os.posix_fallocate(fd, 0, HEADER_SIZE + capacity)
@@ -286,11 +288,21 @@ class RingReader:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        if not name or "/" in name or name in (".", ".."):
+            raise RingError(f"ring name {name!r} is not a file name in {SHM_DIR}")
         try:
-            fd = os.open(shm_path(name), os.O_RDWR)
+            # No symlinks, no waiting on a FIFO: only a plain file of ours, checked before it is mapped.
+            fd = os.open(shm_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise RingError(f"ring {name!r} does not exist") from None
-        size = os.fstat(fd).st_size
+        except OSError as exc:
+            raise RingError(f"ring {name!r} cannot be opened: {exc.strerror or exc}") from None
+        st = os.fstat(fd)
+        problem = _foreign(st)
+        if problem:
+            os.close(fd)
+            raise RingError(f"segment {name!r} {problem}; not attached")
+        size = st.st_size
         if size < HEADER_SIZE:
             os.close(fd)
             raise RingError(f"ring {name!r} is too small ({size} bytes) to be a weightslab ring")
@@ -418,7 +430,19 @@ class RingReader:
             unlink(self.name)
 
 
+def _foreign(st: os.stat_result) -> str | None:
+    """Why a segment is not one a ring writer of our user made (plain file, ours, mode 0600), or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a plain file"
+    if st.st_uid != os.geteuid():
+        return f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    if stat.S_IMODE(st.st_mode) != 0o600:
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0600"
+    return None
+
+
 def list_rings(prefix: str) -> list[str]:
+    """Names in /dev/shm under `prefix`, whoever made them: `RingReader` refuses those not ours."""
     try:
         return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(prefix))
     except FileNotFoundError:

@@ -9,12 +9,9 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import re
-import secrets
 import socket
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +24,7 @@ from .channel import ControlChannel
 from .publisher import Publisher
 from .records import SEP
 from .ring import RecordType, RingWriter
-from .runtime import CONTROL_SOCKET, control_endpoint, resolve_runtime_dir, ring_prefix
+from .runtime import CONTROL_SOCKET, control_endpoint, new_run_id, private_dir_problem, resolve_runtime_dir, ring_prefix
 from .tensors import F32, F64, I64, Lazy, Staged, hold, nbytes_of, to_numpy
 
 RING_MB_DEFAULT = 32
@@ -66,11 +63,9 @@ class Session:
         script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("run")
         self.script_dir = str(script.resolve().parent)
         self.run_name = env.get("WEIGHTSLAB_RUN_NAME") or script.stem or "run"
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.run_name)[:40]
-        self.run_id = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        self.run_id = new_run_id(self.run_name)
         self.ring_bytes = int(_positive(env, "WEIGHTSLAB_RING_MB", RING_MB_DEFAULT) * 1024 * 1024)
-        self.rank = int(env.get("RANK", 0))
-        self.world_size = int(env.get("WORLD_SIZE", 1))
+        self.rank, self.world_size = _distributed(env)
         self.step = 0
         self.hparams: dict[str, Any] = {}
         self.splits: dict[str, int] = {}
@@ -103,6 +98,10 @@ class Session:
         if self.started:
             return
         self.started = True
+        problem = private_dir_problem(self.runtime_dir)
+        if problem:  # someone else's (or an open) directory: whoever listens there must not hear us
+            sys.stderr.write(f"weightslab: {problem}; training continues without weightslabd\n")
+            return
         try:
             self.ring = RingWriter(ring_prefix(self.runtime_dir), self.ring_bytes, self.run_id)
         except OSError as exc:
@@ -111,7 +110,7 @@ class Session:
         self.publisher = Publisher(self.ring, self._dropped)
         self.publisher.start()
         self.channel = ControlChannel(control_endpoint(self.runtime_dir), self._hello, self._heartbeat,
-                                      self._on_message)
+                                      self._on_message, runtime_dir=self.runtime_dir)
         self.channel.start()
         atexit.register(self.close)
 
@@ -126,7 +125,8 @@ class Session:
             return
         self.publisher.close(CLOSE_FLUSH_SECONDS)
         self.ring.mark_closed()
-        if not self.channel.attached.is_set() and (self.runtime_dir / CONTROL_SOCKET).exists():
+        if (not self.channel.attached.is_set() and self.channel.refused is None
+                and (self.runtime_dir / CONTROL_SOCKET).exists()):
             self.channel.attached.wait(END_TIMEOUT)  # a daemon is there: let a short run reach it
         ever_attached = self.channel.attached.is_set() or self.channel.ended.is_set()
         drained = self.channel.end_of_stream(
@@ -379,6 +379,21 @@ def _differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
         return bool(a != b)
     except (ValueError, RuntimeError):  # values without a plain truth value (arrays): assume changed
         return True
+
+
+def _distributed(env: Mapping[str, str]) -> tuple[int, int]:
+    """(rank, world size) from torch's RANK and WORLD_SIZE; a bad value is warned about once and the
+    process treated as rank 0 of 1 (not distributed)."""
+    raw_rank, raw_world = env.get("RANK", "").strip(), env.get("WORLD_SIZE", "").strip()
+    try:
+        rank, world = int(raw_rank or 0), int(raw_world or 1)
+        if rank >= 0 and world >= 1:
+            return rank, world
+    except ValueError:
+        pass
+    sys.stderr.write(f"weightslab: RANK={raw_rank!r} WORLD_SIZE={raw_world!r} are not a rank >= 0 and a size >= 1 "
+                     "(as torch.distributed sets them); treating this process as rank 0 of 1\n")
+    return 0, 1
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from weightslabd import __version__
-from weightslabd.config import ConfigError, Settings, load_settings, render_effective
+from weightslabd.config import ConfigError, Settings, load_settings, render_effective, unknown_key_warnings
 
 EXIT_USAGE = 2
 
@@ -17,13 +17,19 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="weightslabd", description="Serve Weights Studio beside a running training.")
     p.add_argument("--env", metavar="FILE", help="settings file (dotenv syntax); the environment overrides it")
     p.add_argument("--version", action="version", version=f"weightslabd {__version__}")
+    # Users type `weightslabd config --env FILE` as often as `weightslabd --env FILE config`: take both.
+    env_after = argparse.ArgumentParser(add_help=False)
+    env_after.add_argument("--env", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the daemon (the default)")
-    sub.add_parser("config", help="print the effective settings and where each came from (secrets masked)")
-    cli = sub.add_parser("cli", help="talk to the running daemon: status, hyperparameters, pause, samples, tags")
+    sub.add_parser("serve", parents=[env_after], help="run the daemon (the default)")
+    sub.add_parser("config", parents=[env_after],
+                   help="print the effective settings and where each came from (secrets masked)")
+    cli = sub.add_parser("cli", parents=[env_after],
+                         help="talk to the running daemon: status, hyperparameters, pause, samples, tags")
     cli.add_argument("-c", dest="command_line", action="append", default=[],
                      help="run this command and exit (repeatable)")
-    certs = sub.add_parser("certs", help="create a CA, a server pair and a client pair for TLS/mTLS")
+    certs = sub.add_parser("certs", parents=[env_after],
+                           help="create a CA, a server pair and a client pair for TLS/mTLS")
     certs.add_argument("--dir", type=Path, help="where to write them (default: GRPC_TLS_CERT_DIR)")
     certs.add_argument("--host", action="append", default=[], help="extra host name for the server certificate")
     certs.add_argument("--force", action="store_true", help="replace existing files")
@@ -72,11 +78,14 @@ def _certs(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings) -> int:
     from weightslabd.api.server import BindError
     from weightslabd.daemon import BootError, Daemon  # grpc and friends load only when serving
-    from weightslabd.ops.logs import configure_logging
+    from weightslabd.ops.logs import configure_logging, get_logger
     from weightslabd.security.tls import TlsError
 
     configure_logging(settings.weightslab_log_level, log_to_file=settings.weightslab_log_to_file,
                       log_dir=settings.log_dir(), secrets=settings.secret_values())
+    for warning in unknown_key_warnings(settings):  # a mistyped GRPC_AUTH_TOKEN must not pass unseen
+        print(f"weightslabd: {warning}", file=sys.stderr)
+        get_logger("weightslabd").warning(warning)
     daemon = Daemon(settings)
     try:
         daemon.boot()

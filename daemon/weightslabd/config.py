@@ -4,6 +4,7 @@ the words that document it (docs/configuration.md and .env are checked against i
 from __future__ import annotations
 
 import io
+import ipaddress
 import math
 import os
 import re
@@ -455,6 +456,7 @@ class Settings(BaseSettings):
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _unknown_keys: tuple[str, ...] = PrivateAttr(default=())
+    _env_file: str | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -581,14 +583,74 @@ def load_settings(env_file: str | Path | None, environ: Mapping[str, str] | None
     except ValidationError as exc:
         raise _first_error(exc, raw, sources) from None
     settings._sources = sources
-    ours = (key for key in file_values if key.startswith(OUR_PREFIXES))
-    settings._unknown_keys = tuple(key for key in ours if key.lower() not in Settings.model_fields)
+    unknown = (key for key in file_values if key.lower() not in Settings.model_fields)
+    # Ours: our prefixes, or close to one of our variables (CLI_PROT, AUDIT_LOG_FORMT): typos, most likely.
+    settings._unknown_keys = tuple(key for key in unknown if key.startswith(OUR_PREFIXES) or closest_variable(key))
+    settings._env_file = str(env_file) if env_file is not None else None
     return settings
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a literal loopback address; any other name may resolve anywhere."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binds(settings: Settings) -> None:
+    """Binds that would hand the daemon to the network stop the boot (ConfigError: exit 2, one line).
+
+    - the CLI line server (CLI_PORT other than GRPC_BACKEND_PORT) speaks plain text, its `auth <token>`
+      included: loopback only;
+    - gRPC without TLS, or TLS without client certificates, off loopback: only with a token.
+    """
+    if not settings.cli_shares_grpc_port() and not is_loopback_host(settings.cli_host):
+        raise ConfigError(
+            f"CLI_HOST={settings.cli_host} is not loopback and the CLI line server is plain text (tokens would "
+            "cross the network in clear): set CLI_HOST=127.0.0.1, or unset CLI_PORT to serve the CLI on the gRPC "
+            "port with TLS", "CLI_HOST")
+    host = settings.grpc_backend_host
+    if is_loopback_host(host) or settings.auth_tokens():
+        return
+    if not settings.grpc_tls_enabled:
+        raise ConfigError(
+            f"GRPC_TLS_ENABLED=0 with GRPC_BACKEND_HOST={host} (not loopback) and no GRPC_AUTH_TOKEN: anyone who "
+            "reaches the port could drive the run; turn TLS on, set GRPC_AUTH_TOKEN, or bind GRPC_BACKEND_HOST="
+            "127.0.0.1", "GRPC_TLS_ENABLED")
+    if not settings.grpc_tls_require_client_auth:
+        raise ConfigError(
+            f"GRPC_TLS_REQUIRE_CLIENT_AUTH=0 with GRPC_BACKEND_HOST={host} (not loopback) and no GRPC_AUTH_TOKEN: "
+            "anyone who reaches the port could drive the run; require client certificates, set GRPC_AUTH_TOKEN, "
+            "or bind GRPC_BACKEND_HOST=127.0.0.1", "GRPC_TLS_REQUIRE_CLIENT_AUTH")
 
 
 def unknown_keys(settings: Settings) -> tuple[str, ...]:
     """Keys of the env file that look like ours but are no setting (typos, most likely)."""
     return settings._unknown_keys
+
+
+def closest_variable(key: str) -> str | None:
+    """The setting a mistyped variable most likely meant (GRPC_AUTH_TOKNE: GRPC_AUTH_TOKEN), or None."""
+    import difflib
+
+    names = [name.upper() for name in Settings.model_fields]
+    found = difflib.get_close_matches(key.upper(), names, n=1, cutoff=0.8)
+    return found[0] if found else None
+
+
+def unknown_key_warnings(settings: Settings) -> list[str]:
+    """One line per unknown key of the env file, naming the closest setting: `serve` and `config` show them."""
+    lines = []
+    for key in unknown_keys(settings):
+        near = closest_variable(key)
+        hint = f"; did you mean {near}?" if near else ""
+        lines.append(f"warning: {key} in the env file {settings._env_file} is not a weightslabd setting "
+                     f"and was ignored{hint}")
+    return lines
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -670,5 +732,5 @@ def render_effective(settings: Settings) -> str:
     width_var = max(len(r.variable) for r in rows)
     width_value = max(len(r.value) for r in rows)
     lines = [f"{r.variable:<{width_var}}  {r.value:<{width_value}}  {r.source}".rstrip() for r in rows]
-    lines += [f"warning: unknown key {key} in the env file was ignored" for key in unknown_keys(settings)]
+    lines += unknown_key_warnings(settings)
     return "\n".join(lines) + "\n"

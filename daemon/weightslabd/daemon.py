@@ -18,18 +18,18 @@ from typing import Any
 
 import structlog
 
-from weightslab_shim.runtime import DAEMON_LOCK, ensure_private_dir
+from weightslab_shim.runtime import DAEMON_LOCK, UnsafeRuntimeDir, ensure_private_dir
 from weightslabd.api.cli_server import CliCommands, LineServer
 from weightslabd.api.grpcweb import SOCKET_NAME, GrpcWebBridge, check_exposure
 from weightslabd.api.grpcweb import enabled as grpc_web_enabled
 from weightslabd.api.server import BindError, GrpcServer, build_server
 from weightslabd.api.servicer import ExperimentServicer
-from weightslabd.config import Settings
+from weightslabd.config import Settings, check_binds
 from weightslabd.ipc.control import ControlServer
 from weightslabd.ops.logs import reopen_log_files
 from weightslabd.ops.supervision import Supervisor
 from weightslabd.ops.watchdog import InflightCalls, Watchdog
-from weightslabd.security.audit import AuditLog, handshake_event
+from weightslabd.security.audit import WEB_PEER, AuditLog, handshake_event, refusal_event
 from weightslabd.security.front_process import FrontProcess
 from weightslabd.security.peers import PeerTable
 from weightslabd.security.tls import TlsConfig, server_ssl_context, settings_tls
@@ -82,9 +82,12 @@ class Daemon:
     def boot(self) -> None:
         s = self.settings
         check_exposure(s)
+        check_binds(s)
         tls = self._tls_config()
         try:
             ensure_private_dir(self.runtime_dir)
+        except UnsafeRuntimeDir as exc:  # another user's directory, or one others can enter: refused
+            raise BootError(str(exc)) from None
         except OSError as exc:
             raise BootError(f"WEIGHTSLAB_RUNTIME_DIR={self.runtime_dir}: {exc}") from None
         self._take_lock()
@@ -117,7 +120,7 @@ class Daemon:
             log.info("TLS front listening", address=self.front.address, upstream=str(self._front_socket),
                      pid=self.front.pid)
         if self._web_socket is not None:
-            self.web = GrpcWebBridge(s, self._web_socket)
+            self.web = GrpcWebBridge(s, self._web_socket, self._audit_web_refusal)
             self.web.start()
             log.info("gRPC-Web listening", address=self.web.address, origins=s.weightslab_grpc_web_allowed_origins)
         if not shared:
@@ -188,11 +191,17 @@ class Daemon:
         server_ssl_context(cfg)  # the front's process builds its own from the same files
         return cfg
 
-    def _audit_refusal(self, peer: str, reason: str) -> None:
-        """A handshake the TLS front refused (on the front's thread: only enqueues)."""
+    def _audit_refusal(self, peer: str, reason: str, count: int = 1) -> None:
+        """A handshake the TLS front refused, or a summary of `count` (on the front's thread: only enqueues)."""
         if self.audit is not None:
             folder = self.servicer.current_folder() if self.servicer is not None else None
-            self.audit.record(folder, handshake_event(peer, reason))
+            self.audit.record(folder, handshake_event(peer, reason, count))
+
+    def _audit_web_refusal(self, peer: str, reason: str, count: int = 1) -> None:
+        """A gRPC-Web call refused because another local user made it (or a summary of `count`)."""
+        if self.audit is not None:
+            folder = self.servicer.current_folder() if self.servicer is not None else None
+            self.audit.record(folder, refusal_event(WEB_PEER, peer, reason, count))
 
     def _take_lock(self) -> None:
         path = self.runtime_dir / DAEMON_LOCK

@@ -39,8 +39,8 @@ def rejections(daemon: Daemon) -> list[dict[str, object]]:
     (b"WLC\x01[1, 2]", "not an object with a string 'type'"),
     (wire.encode({"type": "hello", "protocol": 7, "run_id": "r", "pid": 1, "ring": {"name": "x"}}),
      "protocol 7 is not supported"),
-    (wire.encode({"type": "hello", "protocol": wire.PROTOCOL_VERSION, "run_id": "r", "pid": 1,
-                  "ring": {"name": "wl.nope"}}), "does not exist"),
+    (wire.encode({"type": "hello", "protocol": wire.PROTOCOL_VERSION, "run_id": "r-20240101-000000-abcdef",
+                  "pid": 1, "ring": {"name": "wl.nope"}}), "is not a ring name of this runtime directory"),
     (wire.encode({"type": "hello", "protocol": wire.PROTOCOL_VERSION}), "missing field 'run_id'"),
     (wire.encode({"type": "warp"}), "unknown message type"),
 ])
@@ -59,7 +59,7 @@ def test_malformed_control_frames_are_rejected_and_named(daemon: Daemon, dealer:
 
 def test_a_corrupt_ring_record_is_skipped_and_the_rest_is_read(daemon: Daemon, dealer: zmq.Socket,
                                                                env: dict[str, str]) -> None:
-    run_id = "corrupt-ring-test"
+    run_id = "corrupt-ring-test-20240101-000000-abcdef"
     ring = RingWriter(ring_prefix(Path(env["WEIGHTSLAB_RUNTIME_DIR"])), 1 << 20, run_id)
     try:
         payload = records.encode([("scalar\x1fm\x1f0", np.asarray(1.5))])
@@ -88,7 +88,7 @@ def test_a_hello_the_daemon_cannot_store_is_refused_and_others_carry_on(daemon: 
                                                                         env: dict[str, str], tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    run_id = "unstorable"
+    run_id = "unstorable-20240101-000000-abcdef"
     ring = RingWriter(ring_prefix(Path(env["WEIGHTSLAB_RUNTIME_DIR"])), 1 << 20, run_id)
     try:
         env_root = Path(env["WEIGHTSLAB_ROOT_LOG_DIR"])

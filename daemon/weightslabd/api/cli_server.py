@@ -3,8 +3,9 @@
 Served two ways, one command set:
 - on the gRPC server itself, as the method `/weightslabd.Cli/Execute` (a UTF-8 line in, a JSON line
   out), when CLI_PORT equals GRPC_BACKEND_PORT (the default): same port, TLS, tokens and audit log;
-- as a plain TCP line server on CLI_HOST:CLI_PORT when the ports differ. Bound to loopback it asks no
-  credential; otherwise the first line must be `auth <token>` (one of the gRPC tokens).
+- as a plain TCP line server on CLI_HOST:CLI_PORT when the ports differ, on loopback only (the boot refuses
+  any other CLI_HOST). It serves the daemon's own user at once; another local user must first send
+  `auth <token>` (one of the gRPC tokens), and failed attempts are throttled.
 Every command goes through the same servicer paths as the Studio's edits (journal first).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 import shlex
 import socketserver
 import threading
@@ -24,9 +26,17 @@ from typing import Any
 import grpc
 import numpy as np
 import structlog
+from google.protobuf.descriptor import FieldDescriptor
 
-from weightslabd.api.servicer import ExperimentServicer, hparam_descs
-from weightslabd.security.audit import AuditLog
+from weightslabd.api.grid import short_repr, split_tags
+from weightslabd.api.servicer import HP_FIELDS, ExperimentServicer, hparam_descs
+from weightslabd.proto import experiment_service_pb2 as pb
+from weightslabd.security import refusals
+from weightslabd.security.audit import CLI_LINE, AuditLog, is_cli_edit, mask_cli_line, unaudited_edit_message
+from weightslabd.security.loopback_uid import same_user
+from weightslabd.security.peers import grpc_address
+from weightslabd.security.refusals import RefusalAggregator, host_of
+from weightslabd.security.throttle import CONNECTION_FAILURES, AuthThrottle
 from weightslabd.store.run import Run
 
 log = structlog.get_logger("weightslabd.cli")
@@ -64,6 +74,9 @@ class CliCommands:
             return dict(handler(args))
         except (ValueError, IndexError) as exc:
             return {"ok": False, "error": str(exc) or f"bad arguments to {name}; try `help`"}
+        except Exception as exc:  # a bug must not drop the connection: the reply (and its audit) still go out
+            log.exception("cli command failed", command=name)
+            return {"ok": False, "error": f"{name} failed: {type(exc).__name__}"}
 
     def _run(self) -> Run:
         run = self.servicer.registry.current()
@@ -89,10 +102,11 @@ class CliCommands:
     def cmd_hp(self, args: list[str]) -> dict[str, Any]:
         run = self._run()
         if args and args[0] == "set":
-            values = dict(_assignment(a) for a in args[1:])
-            if not values:
+            if not args[1:]:
                 raise ValueError("hp set needs KEY=VALUE pairs")
-            return self._reply(self.servicer.set_hparams(run, values))
+            # The Studio's message, typed by its fields, through the Studio's path (validation included).
+            hp = pb.HyperParameters(**dict(_assignment(a) for a in args[1:]))
+            return self._reply(self.servicer.change_hparams(run, hp))
         return {"ok": True, "hyperparameters": {d.name: (d.string_value or d.numerical_value)
                                                 for d in hparam_descs(run)}}
 
@@ -125,30 +139,57 @@ class CliCommands:
         return self._tags(args, "remove")
 
     def _tags(self, args: list[str], mode: str) -> dict[str, Any]:
-        split, tag, ids = args[0], args[1], [int(i) for i in args[2:]]
+        split, text, ids = args[0], args[1], _ids(args[2:])
         if not ids:
             raise ValueError("name at least one sample id")
-        return self._reply(self.servicer.edit_tags(self._run(), split, ids, [tag], mode))
+        tags = split_tags(text)  # TAG names tags as the Studio's string_value does (`;`-separated)
+        if not tags:
+            raise ValueError("name a tag")
+        return self._reply(self.servicer.edit_tags(self._run(), split, ids, tags, mode))
 
     def cmd_discard(self, args: list[str]) -> dict[str, Any]:
-        return self._reply(self.servicer.deny(self._run(), args[0], [int(i) for i in args[1:]], True))
+        return self._reply(self.servicer.deny(self._run(), args[0], _ids(args[1:]), True))
 
     def cmd_restore(self, args: list[str]) -> dict[str, Any]:
-        return self._reply(self.servicer.deny(self._run(), args[0], [int(i) for i in args[1:]], False))
+        return self._reply(self.servicer.deny(self._run(), args[0], _ids(args[1:]), False))
+
+
+def _ids(words: list[str]) -> list[int]:
+    """Sample ids as typed; their range, count and split are the servicer's checks (as for gRPC)."""
+    try:
+        return [int(w) for w in words]
+    except ValueError:
+        bad = next(w for w in words if not w.lstrip("+-").isdigit())
+        raise ValueError(f"sample ids are integers, got {short_repr(bad)}") from None
+
+
+HP_KEYS = {key: name for name, key in HP_FIELDS.items()} | {name: name for name in HP_FIELDS}
 
 
 def _assignment(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` as a `HyperParameters` field and a value of the field's type; ValueError otherwise."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ValueError(f"expected KEY=VALUE, got {text!r}")
-    if raw.lower() in ("true", "false"):
-        return key, raw.lower() == "true"
-    for kind in (int, float):
-        try:
-            return key, kind(raw)
-        except ValueError:
-            pass
-    return key, raw
+        raise ValueError(f"expected KEY=VALUE, got {short_repr(text)}")
+    name = HP_KEYS.get(key)
+    if name is None:
+        raise ValueError(f"{short_repr(key)} is not a hyperparameter the daemon can set; one of: "
+                         f"{', '.join(sorted(HP_FIELDS.values()))}")
+    kind = pb.HyperParameters.DESCRIPTOR.fields_by_name[name].cpp_type
+    if kind == FieldDescriptor.CPPTYPE_STRING:
+        return name, raw
+    if kind == FieldDescriptor.CPPTYPE_BOOL:
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{key} takes true or false, got {short_repr(raw)}")
+        return name, raw.lower() in ("true", "1")
+    what = "a number" if kind == FieldDescriptor.CPPTYPE_FLOAT else "a 32-bit integer"
+    value: Any
+    try:
+        value = float(raw) if kind == FieldDescriptor.CPPTYPE_FLOAT else int(raw)
+        pb.HyperParameters(**{name: value})  # the field's own range check
+    except (ValueError, TypeError):
+        raise ValueError(f"{key} takes {what}, got {short_repr(raw)}") from None
+    return name, value
 
 
 def _num(value: Any) -> float | None:
@@ -178,37 +219,102 @@ def is_loopback(host: str) -> bool:
 
 
 class LineServer:
-    """The CLI on its own TCP port (CLI_HOST:CLI_PORT, when it differs from the gRPC port)."""
+    """The CLI on its own TCP port (CLI_HOST:CLI_PORT, when it differs from the gRPC port): loopback only.
+
+    A connection from weightslabd's own user (its socket's uid, security/loopback_uid.py) is served at once;
+    one from another local user only after `auth <token>` (a GRPC_AUTH_TOKEN(S) token). Failed `auth` lines
+    are throttled (security/throttle.py) and audited with repeats folded (security/refusals.py)."""
 
     def __init__(self, host: str, port: int, commands: CliCommands, tokens: Sequence[str], audit: AuditLog,
                  folder: Callable[[], Path | None]) -> None:
-        need_token = not is_loopback(host)
-        if need_token and not tokens:
-            raise ValueError(f"CLI_HOST={host} is not loopback: set GRPC_AUTH_TOKEN(S) so the CLI can "
-                             "authenticate, or bind it to 127.0.0.1")
+        if not is_loopback(host):
+            raise ValueError(f"CLI_HOST={host} is not loopback: the CLI line server is plain text; set "
+                             "CLI_HOST=127.0.0.1, or unset CLI_PORT to serve the CLI on the gRPC port with TLS")
         secrets = [t.encode() for t in tokens]
+        throttle = self.throttle = AuthThrottle()
+
+        def record(peer: str, credential: str, request: str, outcome: str, detail: str, count: int = 1,
+                   wait: bool = False) -> None:
+            event = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                     "action": CLI_LINE, "peer": peer, "client_cert": "", "credential": credential,
+                     "request": mask_cli_line(request, tokens), "outcome": outcome,
+                     "detail": _masked(detail, tokens)[:500]}
+            if count > 1:
+                event["detail"] = f"{detail[:400]} (x{count} from this address within {refusals.INTERVAL:g} s)"
+                event["count"] = str(count)
+            audit.record(folder(), event, wait=wait)
+
+        def report(peer: str, reason: str, count: int, seconds: float) -> None:
+            log.warning("CLI line refused", peer=peer, reason=reason, count=count)
+            record(peer, "", "", "REFUSED", reason, count)
+
+        self.refusals = RefusalAggregator(report)
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                peer = f"{self.client_address[0]}:{self.client_address[1]}"
-                credential = "loopback" if not need_token else "none"
+                host_, port_ = self.client_address[:2]
+                peer = grpc_address(host_, port_)
+                same, uid = same_user((host_, port_), self.connection.getsockname()[:2])
+                credential = "same-user" if same else "none"
+                failures = 0
                 for raw in self.rfile:
                     line = raw.decode("utf-8", "replace").strip()
-                    if need_token and credential in ("none", "invalid"):
-                        credential = _check_auth(line, secrets)
-                        reply = ({"ok": True, "message": "authenticated"} if credential.startswith("token")
-                                 else {"ok": False, "error": "first send `auth <token>`"})
-                        audit_line = "auth ****"
+                    words = line.split(maxsplit=1)
+                    if words and words[0].lower() == "auth":
+                        credential, reply = self._auth(line, peer, credential)
+                        if not reply["ok"]:
+                            failures += 1
+                            if failures >= CONNECTION_FAILURES:
+                                reply["error"] += f"; closing after {CONNECTION_FAILURES} failed attempts"
+                                self._send(reply)
+                                return
+                    elif credential == "none":
+                        who = f"uid {uid}" if uid is not None else "an unknown user"
+                        reply = {"ok": False, "auth_required": True, "error": (
+                            f"this CLI port serves only weightslabd's own user (uid {os.geteuid()}); this connection "
+                            f"is from {who}: first send `auth <token>` (GRPC_AUTH_TOKEN)")}
+                        refusals_.refused(peer, "another local user without a token")
                     else:
-                        reply = commands.execute(line)
-                        audit_line = line
-                    audit.record(folder(), {
-                        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                        "action": "cli", "peer": peer, "client_cert": "", "credential": credential,
-                        "request": audit_line[:2000], "outcome": "OK" if reply.get("ok") else "REFUSED",
-                        "detail": str(reply.get("message") or reply.get("error") or "")[:500]})
-                    self.wfile.write((json.dumps(reply) + "\n").encode())
+                        reply = self._execute(line, peer, credential)
+                    self._send(reply)
 
+            def _auth(self, line: str, peer: str, credential: str) -> tuple[str, dict[str, Any]]:
+                """Never echoes what was sent; audited as `auth ****`, refusals folded."""
+                address = host_of(peer)
+                wait = throttle.wait_left(address)
+                if wait > 0:
+                    refusals_.refused(peer, "auth attempted while locked out")
+                    return credential, {"ok": False, "error": f"too many failed `auth` from {address}: "
+                                                              f"try again in {wait:.0f} s"}
+                checked = _check_auth(line, secrets)
+                if checked.startswith("token#"):
+                    throttle.succeeded(address)
+                    record(peer, checked, "auth", "OK", "authenticated")
+                    return checked, {"ok": True, "message": "authenticated"}
+                lockout = throttle.failed(address)
+                refusals_.refused(peer, "invalid token" if secrets else "auth sent but no token is configured")
+                error = "invalid token" if secrets else "no token is configured in weightslabd (GRPC_AUTH_TOKEN)"
+                if lockout:
+                    error += f"; next attempt from {address} in {lockout:.0f} s"
+                return credential, {"ok": False, "error": error}
+
+            def _execute(self, line: str, peer: str, credential: str) -> dict[str, Any]:
+                edit = is_cli_edit(line)
+                if edit:
+                    try:
+                        audit.reserve(folder())  # an edit whose audit line has no room is refused first
+                    except OSError as exc:
+                        log.error("edit refused: its audit line cannot be written", error=exc.strerror or str(exc))
+                        return {"ok": False, "error": unaudited_edit_message(exc)}
+                reply = commands.execute(line)
+                record(peer, credential, line, "OK" if reply.get("ok") else "REFUSED",
+                       str(reply.get("message") or reply.get("error") or ""), wait=edit)
+                return reply
+
+            def _send(self, reply: dict[str, Any]) -> None:
+                self.wfile.write((_masked(json.dumps(reply), tokens) + "\n").encode())
+
+        refusals_ = self.refusals
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         self.server = socketserver.ThreadingTCPServer((host, port), Handler)
         self.server.daemon_threads = True
@@ -221,11 +327,20 @@ class LineServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.refusals.close()
+
+
+def _masked(text: str, secrets: Sequence[str]) -> str:
+    """No configured token in a reply or an audit line, even one the user typed as a tag."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "****")
+    return text
 
 
 def _check_auth(line: str, secrets: list[bytes]) -> str:
     word, _, token = line.partition(" ")
-    if word != "auth" or not token:
+    if word.lower() != "auth" or not token.strip():
         return "none"
     given = token.strip().encode()
     matched = [hmac.compare_digest(given, s) for s in secrets]  # compare with all: timing tells nothing

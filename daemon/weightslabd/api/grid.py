@@ -25,6 +25,11 @@ from weightslabd.store.samples import SampleFrame
 VIEW_IDLE = 3600.0  # a client silent this long loses its view (it falls back to the full table)
 MAX_VIEWS = 1000
 MAX_PAGE = 1024  # records per GetDataSamples; the Studio asks for at most 128
+# Bounds on an edit (docs/data-plane.md), checked before anything changes, in O(request size):
+MAX_EDIT_IDS = 1_000_000  # sample ids in one request, as sent (duplicates count; they are dropped before any work)
+MAX_TAG_CHARS = 64  # one tag: printable characters, no ';' (the separator of the `tags` stat)
+MAX_RUN_TAGS = 256  # distinct tags in use in a run: each costs a byte per sample of every split it is on
+MAX_TAG_TEXT = MAX_RUN_TAGS * (MAX_TAG_CHARS + 1)  # the `;`-joined tags of one request
 NATURAL_LANGUAGE_OFF = ("natural-language queries need the data-query agent, and none is configured; "
                         "use a structured query (see docs/query.md), e.g. 'loss > 0.5 sortby loss desc'")
 SCALAR_STATS = ("label", "prediction", "encounters", "last_step")
@@ -159,25 +164,88 @@ def image_stat(encoded: bytes, task_type: str) -> Any:
 
 
 def parse_edit_targets(run: Run, ids: Sequence[int], origins: Sequence[str]) -> dict[str, list[int]]:
-    """Group an edit's samples by split, checking every one first so a bad request changes nothing."""
+    """Group an edit's samples by split, checking every one first so a bad request changes nothing.
+
+    Each split's ids come back sorted and without duplicates; the work is vectorised, so a request
+    costs O(its size) whatever it holds."""
     splits = list(run.samples.splits)
-    if not ids:
+    if not len(ids):
         raise ValueError("samples_ids is empty: nothing to edit")
-    if origins and len(origins) != len(ids):
+    if len(ids) > MAX_EDIT_IDS:
+        raise ValueError(f"{len(ids):,} sample ids in one edit; at most {MAX_EDIT_IDS:,} per request")
+    if len(origins) and len(origins) != len(ids):
         raise ValueError(f"sample_origins has {len(origins)} entries for {len(ids)} samples_ids")
     if not splits:
         raise ValueError("the run has registered no splits yet")
+    named = set(origins) if len(origins) else {splits[0]}
+    for split in named:  # only known names go on: an unknown one of any length stops here
+        if split not in run.samples.splits:
+            raise ValueError(f"unknown origin {short_repr(split)} (splits: {', '.join(splits)})")
+    all_ids = np.asarray(ids, dtype=np.int64)
+    which = np.asarray(origins) if len(named) > 1 else None
     groups: dict[str, list[int]] = {}
-    for i, sid in enumerate(ids):
-        split = origins[i] if origins else splits[0]
-        table = run.samples.get(split)
-        if table is None:
-            raise ValueError(f"unknown origin {split!r} (splits: {', '.join(splits)})")
-        if not 0 <= sid < table.size:
-            raise ValueError(f"sample id {sid} is outside split {split!r} (0..{table.size - 1})")
-        groups.setdefault(split, []).append(int(sid))
+    for split in [s for s in splits if s in named]:
+        picked = all_ids if which is None else all_ids[which == split]
+        groups[split] = check_ids(run, split, picked)
     return groups
 
 
+def check_ids(run: Run, split: str, ids: Sequence[int] | np.ndarray) -> list[int]:
+    """The ids of one split's edit, sorted and without duplicates; ValueError (nothing changed) when
+    there are too many, the split is unknown or an id lies outside it."""
+    if len(ids) > MAX_EDIT_IDS:
+        raise ValueError(f"{len(ids):,} sample ids in one edit; at most {MAX_EDIT_IDS:,} per request")
+    table = run.samples.get(split)
+    if table is None:
+        raise ValueError(f"no split named {short_repr(split)} in run {run.run_id}")
+    try:
+        unique = _sorted_unique(np.array(ids, dtype=np.int64))
+    except OverflowError:  # an id typed past int64 (the CLI's): outside every split
+        raise ValueError(f"a sample id is outside split {split!r} (0..{table.size - 1})") from None
+    outside = unique[(unique < 0) | (unique >= table.size)]
+    if outside.size:
+        raise ValueError(f"sample id {int(outside[0])} is outside split {split!r} (0..{table.size - 1})")
+    return [int(i) for i in unique.tolist()]
+
+
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """np.unique by a sort in place (numpy's hash-based unique is several times slower on distinct ids)."""
+    ids.sort()
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if ids.size else ids
+
+
 def split_tags(text: str) -> list[str]:
-    return [t.strip() for t in text.split(";") if t.strip()]
+    """The tags a `;`-joined text names, each checked (check_tag), without duplicates; ValueError
+    (nothing changed) for a text longer than MAX_TAG_TEXT or any bad tag."""
+    if len(text) > MAX_TAG_TEXT:
+        raise ValueError(f"the tags of one edit are {len(text):,} characters; at most {MAX_TAG_TEXT:,}")
+    tags = list(dict.fromkeys(t.strip() for t in text.split(";") if t.strip()))
+    for tag in tags:
+        check_tag(tag)
+    return tags
+
+
+def check_tag(tag: str) -> None:
+    if len(tag) > MAX_TAG_CHARS:
+        raise ValueError(f"tag {short_repr(tag)} is {len(tag):,} characters; a tag is at most {MAX_TAG_CHARS}")
+    if ";" in tag or not tag.isprintable():
+        raise ValueError(f"tag {short_repr(tag)} has a character a tag cannot hold: tags are printable text "
+                         "without ';', newlines or control characters")
+
+
+def check_tag_room(run: Run, tags: Sequence[str], mode: str) -> None:
+    """ValueError unless the run can take `tags` within MAX_RUN_TAGS distinct tags (call it under the
+    run lock, before journaling); removing tags always fits."""
+    if mode == "remove":
+        return
+    in_use = set(run.samples.unique_tags())
+    new = [t for t in dict.fromkeys(tags) if t not in in_use]
+    if new and len(in_use) + len(new) > MAX_RUN_TAGS:
+        raise ValueError(f"{len(new)} new tags would make {len(in_use) + len(new)} distinct tags in the run; "
+                         f"at most {MAX_RUN_TAGS} (remove unused tags first)")
+
+
+def short_repr(text: str, limit: int = 40) -> str:
+    """repr() of a user's text, cut to `limit` characters: an error stays one short line."""
+    shown = repr(text[:limit])
+    return shown if len(text) <= limit else f"{shown[:-1]}…{shown[-1]} ({len(text):,} characters)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import os
 import re
 import select
 import socket
@@ -31,7 +32,10 @@ import structlog
 from weightslabd.api.cors import ALLOW_METHODS, OriginPolicy
 from weightslabd.api.server import BindError, host_port
 from weightslabd.config import GRPC_WEB_OFF, ConfigError, Settings
-from weightslabd.security.auth import CREDENTIAL_HEADERS
+from weightslabd.security.auth import CREDENTIAL_HEADERS, credential_label
+from weightslabd.security.loopback_uid import is_loopback_address, same_user
+from weightslabd.security.peers import grpc_address
+from weightslabd.security.refusals import RefusalAggregator
 
 log = structlog.get_logger("weightslabd.api.grpcweb")
 
@@ -51,6 +55,9 @@ _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _BASE64_PIECE = re.compile(rb"[^=]*=*")
 _NOT_FORWARDED = ("content-type", "user-agent", "te", "content-length")
+# (peer, reason, count): a call refused because its loopback peer is another local user (count 1), or a
+# summary of `count` such refusals from that address (refusals.py); the daemon audits it.
+PeerRefusalHook = Callable[[str, str, int], None]
 
 
 class WebError(Exception):
@@ -173,8 +180,11 @@ def _printable(value: str) -> bool:
 class GrpcWebBridge:
     """The HTTP listener, and the channels to the daemon's own gRPC server behind it."""
 
-    def __init__(self, settings: Settings, socket_path: Path) -> None:
+    def __init__(self, settings: Settings, socket_path: Path, on_refused: PeerRefusalHook | None = None) -> None:
         self.host = settings.weightslab_grpc_web_host
+        self.tokens = settings.auth_tokens()
+        self.on_refused = on_refused
+        self.refusals = RefusalAggregator(self._report_refusal)
         self.wanted_port = settings.weightslab_grpc_web_port
         self.target = f"unix:{socket_path}"
         self.policy = OriginPolicy(settings.weightslab_grpc_web_allowed_origins)
@@ -205,6 +215,33 @@ class GrpcWebBridge:
                         "put a TLS proxy in front", address=self.address)
         return self.port
 
+    def admit(self, peer: tuple[str, int], ours: tuple[str, int], headers: Any, known: bool | None) -> bool:
+        """Whether a call may go on: any peer off loopback (tokens guard those), the daemon's own user on
+        loopback, or another local user with a valid token. `known` is this connection's earlier answer.
+        Raises WebError (PERMISSION_DENIED, audited) for another local user without a valid token."""
+        if not is_loopback_address(peer[0]):
+            return True
+        same, uid = (True, None) if known else same_user(peer, ours)
+        if same:
+            return True
+        metadata = [(name, value) for name in CREDENTIAL_HEADERS for value in headers.get_all(name) or ()]
+        credential = credential_label(metadata, self.tokens)
+        if credential.startswith("token#"):
+            return False  # let through on its token, which the gRPC server checks again
+        who = f"uid {uid}" if uid is not None else "an unknown user"
+        reason = (f"gRPC-Web on loopback serves only weightslabd's own user (uid {os.geteuid()}); this connection "
+                  f"is from {who}: " + ("send a valid token (authorization: Bearer <GRPC_AUTH_TOKEN>)" if self.tokens
+                                        else "set GRPC_AUTH_TOKEN in the daemon and send it, or run as its user"))
+        self.refusals.refused(grpc_address(peer[0], peer[1]), reason)
+        code = grpc.StatusCode.UNAUTHENTICATED if credential == "none" and self.tokens else \
+            grpc.StatusCode.PERMISSION_DENIED
+        raise WebError(code, reason, 403)
+
+    def _report_refusal(self, peer: str, reason: str, count: int, seconds: float) -> None:
+        log.warning("gRPC-Web call refused: another local user", peer=peer, reason=reason, count=count)
+        if self.on_refused is not None:
+            self.on_refused(peer, reason, count)
+
     def reconnect(self) -> None:
         """Fresh channels, after the gRPC server behind the socket was rebuilt (a watchdog restart)."""
         with self._lock:
@@ -227,6 +264,7 @@ class GrpcWebBridge:
         if self._server is not None:
             self._server.close_connections(wait=1.0)
         self.reconnect()
+        self.refusals.close()
 
     def _channel(self, user_agent: str) -> grpc.Channel:
         # grpc replaces a `user-agent` metadata entry with its own, but puts a channel's primary user agent
@@ -396,6 +434,9 @@ class _Handler(BaseHTTPRequestHandler):
                                f"origin {origin[:200]} is not in WEIGHTSLAB_GRPC_WEB_ALLOWED_ORIGINS", 403)
             if bridge.closing.is_set():
                 raise WebError(grpc.StatusCode.UNAVAILABLE, "weightslabd is stopping", 503)
+            same = bridge.admit(self.client_address[:2], self.connection.getsockname()[:2], self.headers,
+                                getattr(self, "_same_user", None))
+            self._same_user = same or None  # the peer's uid is looked up once per connection
             if reply_type != media:
                 raise WebError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"content-type {media or '(none)'} is not gRPC-Web: send application/grpc-web-text "

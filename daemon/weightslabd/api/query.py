@@ -257,12 +257,18 @@ class View:
 
     def apply(self, query: Query, accumulate: bool) -> View:
         """The view after `query`: reset clears both; a filter replaces the current one, or is ANDed
-        with it when accumulating; sort keys replace the order; a query with neither keeps both."""
+        with it when accumulating; sort keys replace the order; a query with neither keeps both.
+        QueryError when the ANDed filter's text would pass MAX_QUERY_CHARS (the view is a query too)."""
         if query.reset:
             return View()
         where = self.where
         if query.where is not None:
             where = conjunction(self.where, query.where) if accumulate and self.where is not None else query.where
+        if accumulate and self.where is not None and query.where is not None:
+            size = len(str(where))  # O(the view's text), which this bound keeps small
+            if size > MAX_QUERY_CHARS:
+                raise QueryError(f"the accumulated filter would be {size:,} characters (at most "
+                                 f"{MAX_QUERY_CHARS:,}); send 'reset' or a query without accumulate")
         return View(where, query.order or self.order)
 
     def rows(self, frame: Frame) -> np.ndarray:

@@ -4,10 +4,11 @@ UNIMPLEMENTED through the generated base class."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+import structlog
 
 from weightslab_shim import wire
 from weightslabd.api import grid, histogram, plots
@@ -43,6 +45,14 @@ AGENT_OFF = ("no data-query agent is configured: natural-language queries are of
              "(docs/query.md) work without one")
 TAG_MODES = {pb.EDIT_OVERRIDE: "override", pb.EDIT_ACCUMULATE: "add", pb.EDIT_REMOVE: "remove"}
 T = TypeVar("T")
+# Test-only: with this set to 1 (only tests/integration/test_watchdog_e2e.py sets it), GetDataSplits blocks
+# until its call ends, so the watchdog meets a really stuck handler. Read once, at start; other values: off.
+TEST_STUCK_ENV = "WEIGHTSLABD_TEST_STUCK_GETDATASPLITS"
+
+
+# ExperimentCommand operations with no implementation yet (checkpoints, restarts, plot notes, layers).
+UNBUILT_COMMANDS = ("save_checkpoint_operation", "load_checkpoint_operation", "restart_operation",
+                    "plot_note_operation", "get_data_records", "get_single_layer_info_id")
 
 
 class ReaderCursors:
@@ -85,6 +95,10 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         self.cursors = ReaderCursors()
         self.views = grid.GridViews()
         self.stopping = threading.Event()
+        self._stuck_for_tests = os.environ.get(TEST_STUCK_ENV) == "1"
+        if self._stuck_for_tests:
+            structlog.get_logger("weightslabd.api").warning("test-only hook on: GetDataSplits blocks",
+                                                            env=TEST_STUCK_ENV)
 
     def current_folder(self) -> Path | None:
         """Where the current experiment's files go (its audit log among them)."""
@@ -104,15 +118,21 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         if run is None:
             return pb.CommandResponse(success=False, message="no training run has attached to weightslabd yet")
         if request.HasField("hyper_parameter_change"):
-            return self._change_hparams(run, request.hyper_parameter_change.hyper_parameters)
+            return self.change_hparams(run, request.hyper_parameter_change.hyper_parameters)
         for field, split_pick, deny in (("deny_samples_operation", "train", True),
                                         ("remove_from_denylist_operation", "train", False),
                                         ("deny_eval_samples_operation", "eval", True),
                                         ("remove_eval_from_denylist_operation", "eval", False)):
             if request.HasField(field):
                 op = getattr(request, field)
-                return self.deny(run, self._split_for(run, split_pick), list(op.sample_ids), deny,
+                return self.deny(run, self._split_for(run, split_pick), op.sample_ids, deny,
                                   accumulate=op.accumulate)
+        unbuilt = [name for name in UNBUILT_COMMANDS if request.HasField(name)]
+        if request.get_interactive_layers:
+            unbuilt.append("get_interactive_layers")
+        if unbuilt:  # say so rather than answer success for what nothing did
+            return pb.CommandResponse(success=False, message=f"{', '.join(unbuilt)}: not built in weightslabd yet; "
+                                                             "nothing was done")
         response = pb.CommandResponse(success=True, message="")
         if request.get_hyper_parameters:
             if not self.control.hp_sync:
@@ -128,7 +148,8 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             with self._holding(run):
                 run.hparams.update(pending.ack.get("hparams") or {})
 
-    def _change_hparams(self, run: Run, hp: Any) -> Any:
+    def change_hparams(self, run: Run, hp: Any) -> Any:
+        """A `HyperParameters` message: the fields it sets, validated, journaled and sent."""
         values: dict[str, Any] = {}
         for field, key in HP_FIELDS.items():
             if hp.HasField(field):
@@ -144,11 +165,22 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             return pb.CommandResponse(success=False, message=problem)
         return self._edit(run, {"kind": "hparams", "values": values}, "set_hparams", values)
 
-    def edit_tags(self, run: Run, split: str, ids: list[int], tags: list[str], mode: str) -> Any:
-        """Tags live in the daemon only: journaled (fsync) and applied, nothing for the trainer."""
-        if run.samples.get(split) is None:
-            return pb.CommandResponse(success=False, message=f"no split named {split!r} in run {run.run_id}")
+    def edit_tags(self, run: Run, split: str, ids: Sequence[int], tags: Sequence[str], mode: str) -> Any:
+        """Tags live in the daemon only: journaled (fsync) and applied, nothing for the trainer.
+
+        Every bound is checked first (grid.check_ids, grid.check_tag, grid.check_tag_room): a refused
+        edit changes nothing."""
+        try:
+            ids = grid.check_ids(run, split, ids)
+            for tag in tags:
+                grid.check_tag(tag)
+        except ValueError as exc:
+            return pb.CommandResponse(success=False, message=f"edit refused, nothing changed: {exc}")
         with self._holding(run):
+            try:
+                grid.check_tag_room(run, tags, mode)
+            except ValueError as exc:
+                return pb.CommandResponse(success=False, message=f"edit refused, nothing changed: {exc}")
             try:
                 run.journal_edit({"kind": "tags", "split": split, "ids": ids, "tags": tags, "mode": mode})
             except OSError as exc:
@@ -162,18 +194,22 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             return names[0] if names else "train"
         return next((n for n in names if n != (names[0] if names else None)), "eval")
 
-    def deny(self, run: Run, split: str, ids: list[int], deny: bool, *, accumulate: bool = True) -> Any:
+    def deny(self, run: Run, split: str, ids: Sequence[int], deny: bool, *, accumulate: bool = True) -> Any:
+        """Discard (or restore) samples; the ids are checked (grid.check_ids) before anything changes."""
         table = run.samples.get(split)
-        if table is None:
-            return pb.CommandResponse(success=False, message=f"no split named {split!r} in run {run.run_id}")
+        try:
+            ids = grid.check_ids(run, split, ids)
+        except ValueError as exc:
+            return pb.CommandResponse(success=False, message=f"edit refused, nothing changed: {exc}")
+        assert table is not None  # check_ids refuses an unknown split
         if deny and not accumulate:
-            restore = sorted(set(int(i) for i in (table.denied.nonzero()[0])) - set(ids))
+            restore = [int(i) for i in np.setdiff1d(np.flatnonzero(table.denied), ids).tolist()]
             if restore:
                 reply = self._edit(run, {"kind": "deny", "split": split, "ids": restore, "deny": False},
                                    "deny", {"split": split, "ids": restore, "deny": False})
                 if not reply.success:
                     return reply
-        args = {"split": split, "ids": [int(i) for i in ids], "deny": deny}
+        args = {"split": split, "ids": ids, "deny": deny}
         return self._edit(run, dict(args, kind="deny"), "deny", args)
 
     def _edit(self, run: Run, edit: dict[str, Any], op: str, args: dict[str, Any]) -> Any:
@@ -244,6 +280,9 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
     # -- data -------------------------------------------------------------------------------------
 
     def GetDataSplits(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self._stuck_for_tests:  # test-only, see TEST_STUCK_ENV: no progress until the call ends
+            while context.is_active() and not self.stopping.wait(0.05):
+                pass
         run = self.registry.current()
         return pb.DataSplitsResponse(success=run is not None, split_names=list(run.samples.splits) if run else [])
 
@@ -280,21 +319,27 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         if run is None:
             return pb.DataEditsResponse(success=False, message=NO_RUN)
         try:
-            groups = grid.parse_edit_targets(run, list(request.samples_ids), list(request.sample_origins))
+            groups = grid.parse_edit_targets(run, request.samples_ids, request.sample_origins)
+            tags = grid.split_tags(request.string_value) if request.stat_name == "tags" else []
         except ValueError as exc:
             return pb.DataEditsResponse(success=False, message=f"edit refused, nothing changed: {exc}")
-        return self._busy_guard(context, lambda: self._edit_samples(run, request, groups))
+        return self._busy_guard(context, lambda: self._edit_samples(run, request, groups, tags))
 
-    def _edit_samples(self, run: Run, request: Any, groups: dict[str, list[int]]) -> Any:
+    def _edit_samples(self, run: Run, request: Any, groups: dict[str, list[int]], tags: list[str]) -> Any:
         if request.stat_name not in ("deny_listed", "tags"):
-            return pb.DataEditsResponse(success=False, message=f"stat {request.stat_name!r} cannot be edited: "
-                                                               "edit 'deny_listed' or 'tags'")
+            return pb.DataEditsResponse(success=False, message=f"stat {grid.short_repr(request.stat_name)} cannot be "
+                                                               "edited: edit 'deny_listed' or 'tags'")
         mode = TAG_MODES.get(request.type)
-        tags = grid.split_tags(request.string_value)
         if request.stat_name == "tags" and mode is None:
             return pb.DataEditsResponse(success=False, message=f"unknown edit type {request.type}")
         if request.stat_name == "tags" and mode != "override" and not tags:
             return pb.DataEditsResponse(success=False, message="string_value names no tag")
+        if request.stat_name == "tags" and len(groups) > 1:
+            try:  # before the first split: a refusal at the second must not leave the first edited
+                with self._holding(run):
+                    grid.check_tag_room(run, tags, str(mode))
+            except ValueError as exc:
+                return pb.DataEditsResponse(success=False, message=f"edit refused, nothing changed: {exc}")
         messages = []
         for split, ids in groups.items():
             if request.stat_name == "deny_listed":

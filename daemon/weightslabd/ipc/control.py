@@ -8,7 +8,9 @@ ring is drained and unlinked and the run marked crashed.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -16,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 import zmq
 
 from weightslab_shim import wire
-from weightslab_shim.ring import RingError, RingReader, list_rings
-from weightslab_shim.runtime import control_endpoint, ring_prefix
+from weightslab_shim.ring import RingError, RingReader, list_rings, shm_path, unlink
+from weightslab_shim.runtime import control_endpoint, is_ring_name, is_run_id, ring_prefix
 from weightslabd.ipc.ingest import RingDrain
 from weightslabd.store.run import PendingCommand, Run
 from weightslabd.store.runs import RunRegistry
@@ -29,6 +32,57 @@ from weightslabd.store.runs import RunRegistry
 log = structlog.get_logger("weightslabd.ipc.control")
 TICK = 0.1  # liveness checks
 SHIM_MESSAGES = frozenset({wire.HELLO, wire.HEARTBEAT, wire.ACK, wire.REGISTER, wire.END})
+ANNOUNCED = "rings.json"  # in the runtime directory: the rings hellos named, for boot-time recovery
+RING_RUN_ID_BYTES = 48  # the ring header keeps this much of the run id
+DENY_IDS_MAX = 10_000  # a re-sent discard with more ids than this travels as a packed mask
+
+
+class AnnouncedRings:
+    """Rings a hello on our private control socket named, until they are unlinked. Kept in the
+    private runtime directory: after a restart only these are read back (a segment someone merely
+    put in /dev/shm under our prefix never is)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.rings: dict[str, dict[str, Any]] = self._load()
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("record of announced rings unreadable; no ring will be recovered from it",
+                      path=str(self.path), error=str(exc))
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
+
+    def add(self, name: str, run_id: str, pid: int) -> None:
+        with self._lock:
+            if self.rings.get(name) != {"run_id": run_id, "pid": pid}:
+                self.rings[name] = {"run_id": run_id, "pid": pid}
+                self._save()
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            if self.rings.pop(name, None) is not None:
+                self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            if not self.rings:
+                self.path.unlink(missing_ok=True)  # no ring outstanding: no file
+                return
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.rings, f)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # only a double crash needs it: attaching goes on
+            log.error("record of announced rings not saved", path=str(self.path), error=str(exc))
 
 
 @dataclass
@@ -45,6 +99,33 @@ class Attachment:
         return f"pid {self.pid} run {self.run.run_id}"
 
 
+def _own_file(name: str) -> bool:
+    try:
+        st = os.lstat(shm_path(name))
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def unacked_denies(run: Run) -> list[tuple[int, str, dict[str, Any]]]:
+    """Discards and restores the trainer has not acknowledged (made while it was away), each under its
+    edit's id, so that its ack journals it as applied, with the step; the full deny lists re-sent after
+    them leave the trainer's exactly the daemon's. Call under the run lock."""
+    out: list[tuple[int, str, dict[str, Any]]] = []
+    for seq, entry in sorted(run.unacked_edits.items()):
+        table = run.samples.get(str(entry.get("split"))) if entry.get("kind") == "deny" else None
+        if table is None:
+            continue
+        args: dict[str, Any] = {"split": entry["split"], "ids": entry["ids"], "deny": bool(entry["deny"])}
+        if len(entry["ids"]) > DENY_IDS_MAX:  # as the servicer sends them: a packed mask
+            ids = np.asarray(entry["ids"], dtype=np.int64)
+            mask = np.zeros(table.size, dtype=bool)
+            mask[ids[(ids >= 0) & (ids < table.size)]] = True
+            args = {"split": entry["split"], "mask": wire.pack_mask(mask), "deny": bool(entry["deny"])}
+        out.append((seq, "deny", args))
+    return out
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -59,6 +140,8 @@ class ControlServer:
     def __init__(self, runtime_dir: Path, registry: RunRegistry, *, hp_sync: bool, heartbeat_timeout: float) -> None:
         self.runtime_dir = runtime_dir
         self.endpoint = control_endpoint(runtime_dir)
+        self.prefix = ring_prefix(runtime_dir)
+        self.announced = AnnouncedRings(runtime_dir / ANNOUNCED)
         self.registry = registry
         self.hp_sync = hp_sync
         self.heartbeat_timeout = heartbeat_timeout
@@ -91,27 +174,65 @@ class ControlServer:
         self.attachments.clear()
 
     def recover_orphans(self) -> None:
-        """Rings left by trainers that died while no daemon ran: drain what we can, then unlink."""
-        for name in list_rings(ring_prefix(self.runtime_dir)):
+        """Rings of trainers that died while no daemon ran: drain those a hello announced into their
+        runs, then unlink them. Anything else under our prefix that is not a ring of ours (another
+        user's file, a malformed one) is skipped with one line and left alone."""
+        announced = dict(self.announced.rings)
+        for name in sorted(set(list_rings(self.prefix)) | set(announced)):
             try:
-                reader = RingReader(name)
-            except RingError as exc:
-                log.error("unreadable ring segment removed", ring=name, error=str(exc))
-                os.unlink(f"/dev/shm/{name}")
-                continue
-            info = reader.info
-            if pid_alive(info.writer_pid):
-                reader.close()
-                continue  # its trainer lives and will say hello
-            run = self.registry.get(info.run_id)
-            if run is not None:
-                drain = RingDrain(reader, run, f"pid {info.writer_pid} (dead) run {info.run_id}")
-                drain.drain_all()
-                run.manifest["status"] = "ended" if reader.writer_closed else "crashed"
-                run.save_manifest()
-            log.warning("ring of a dead trainer recovered and removed", ring=name, run=info.run_id,
-                        pid=info.writer_pid, known_run=run is not None)
-            reader.close(unlink_segment=True)
+                self._recover(name, announced.get(name))
+            except Exception as exc:  # noqa: BLE001 - one segment never stops a boot
+                log.error("shared-memory segment skipped", ring=name, error=f"{type(exc).__name__}: {exc}")
+
+    def _recover(self, name: str, entry: dict[str, Any] | None) -> None:
+        if not is_ring_name(name, self.prefix):
+            self.announced.discard(name)
+            log.warning("shared-memory segment skipped", ring=name, error="not a ring name of this daemon")
+            return
+        if not os.path.lexists(shm_path(name)):
+            self.announced.discard(name)  # unlinked while we were down
+            return
+        try:
+            reader = RingReader(name)
+        except RingError as exc:
+            self.announced.discard(name)
+            if _own_file(name) and not pid_alive(int(name[len(self.prefix):].split(".")[0])):
+                # Ours, and its trainer died before writing the header: nothing to read.
+                log.warning("unreadable ring of a dead trainer removed", ring=name, error=str(exc))
+                self._unlink(name)
+            else:
+                log.warning("shared-memory segment skipped", ring=name, error=str(exc))
+            return
+        info = reader.info
+        if pid_alive(info.writer_pid):
+            reader.close()
+            return  # its trainer lives and will say hello
+        run = None
+        if entry is None:
+            what = "ring of a dead trainer that never attached removed"
+        elif (entry.get("pid") != info.writer_pid
+              or str(entry.get("run_id"))[:RING_RUN_ID_BYTES] != info.run_id):
+            what = "ring of a dead trainer removed unread: it is not the one its hello announced"
+        else:
+            what = "ring of a dead trainer recovered and removed"
+            run = self.registry.get(str(entry["run_id"]))
+        if run is not None:
+            drain = RingDrain(reader, run, f"pid {info.writer_pid} (dead) run {run.run_id}")
+            drain.drain_all()
+            run.manifest["status"] = "ended" if reader.writer_closed else "crashed"
+            run.save_manifest()
+        log.warning(what, ring=name, run=info.run_id, pid=info.writer_pid, known_run=run is not None)
+        reader.close()
+        if self._unlink(name):
+            self.announced.discard(name)
+
+    def _unlink(self, name: str) -> bool:
+        try:
+            unlink(name)
+            return True
+        except OSError as exc:
+            log.error("ring segment could not be removed", ring=name, error=exc.strerror or str(exc))
+            return False
 
     # -- the socket thread -----------------------------------------------------------------------
 
@@ -220,8 +341,7 @@ class ControlServer:
         if msg.get("protocol") != wire.PROTOCOL_VERSION:
             raise ValueError(f"protocol {msg.get('protocol')} is not supported (this daemon speaks "
                              f"{wire.PROTOCOL_VERSION})")
-        run_id, pid, ring = str(msg["run_id"]), int(msg["pid"]), msg.get("ring") or {}
-        ring_name = str(ring["name"])
+        run_id, pid, ring_name = self._check_names(msg)
         for other in [a for a in self.attachments.values() if a.run.run_id == run_id]:
             if other.drain.reader.name == ring_name:  # the same trainer saying hello again
                 self.attachments[identity] = other  # add before removing: senders never see it missing
@@ -236,10 +356,15 @@ class ControlServer:
             reader = RingReader(ring_name)
         except RingError as exc:
             raise ValueError(str(exc)) from None
-        if reader.info.run_id != run_id or reader.info.writer_pid != pid:
+        if reader.info.run_id != run_id[:RING_RUN_ID_BYTES] or reader.info.writer_pid != pid:
             reader.close()
             raise ValueError(f"ring {ring_name} belongs to run {reader.info.run_id} pid {reader.info.writer_pid}")
-        run = self.registry.attach(msg)
+        try:
+            run = self.registry.attach(msg)
+        except BaseException:
+            reader.close()
+            raise
+        self.announced.add(ring_name, run_id, pid)
         drain = RingDrain(reader, run, f"pid {pid} run {run_id}")
         att = Attachment(identity, run, pid, drain, time.monotonic())
         self.attachments[identity] = att
@@ -249,13 +374,34 @@ class ControlServer:
                  splits=msg.get("splits"), backlog_bytes=reader.pending())
         self._welcome(identity, run)
 
+    def _check_names(self, msg: wire.Message) -> tuple[str, int, str]:
+        """The names a hello brings, exactly as the shim builds them; anything else is refused before
+        a file is touched."""
+        run_id, pid, ring = msg["run_id"], msg["pid"], msg.get("ring") or {}
+        if not is_run_id(run_id):
+            raise ValueError(f"run id {run_id!r} is not one the shim makes (<name>-<YYYYmmdd>-<HHMMSS>-<6 hex>, "
+                             "a plain file name)")
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ValueError(f"pid {pid!r} is not a process id")
+        if not isinstance(ring, dict):
+            raise ValueError(f"ring {ring!r} is not an object with a name")
+        ring_name = ring["name"]
+        if not is_ring_name(ring_name, self.prefix):
+            raise ValueError(f"ring {ring_name!r} is not a ring name of this runtime directory "
+                             f"({self.prefix}<pid>.<8 hex>)")
+        script_dir = msg.get("script_dir")
+        if script_dir is not None and not (isinstance(script_dir, str) and os.path.isabs(script_dir)
+                                           and "\0" not in script_dir and ".." not in Path(script_dir).parts):
+            raise ValueError(f"script_dir {script_dir!r} is not an absolute path without '..'")
+        return run_id, pid, ring_name
+
     def _welcome(self, identity: bytes, run: Run) -> None:
         # Under the run lock, as edits are journaled and queued: the re-sent state and any new edit
         # reach the trainer in the order they were journaled.
         with run.lock:
             self._outbox.append((identity, {"type": wire.WELCOME, "run_id": run.run_id, "hp_sync": self.hp_sync,
                                             "previews": run.preview_masks()}))
-            for seq, op, args in run.commands_to_resend():
+            for seq, op, args in [*unacked_denies(run), *run.commands_to_resend()]:
                 cmd_id = f"e{seq}" if seq else f"s{next(self._ids)}"
                 self._outbox.append((identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))
 
@@ -281,7 +427,8 @@ class ControlServer:
                                  daemon=True).start()
             elif now - att.last_seen > self.heartbeat_timeout and not att.stalled:
                 att.stalled = True
-                log.warning("trainer silent but alive", sender=att.label, silent_s=round(now - att.last_seen, 1))
+                log.warning("trainer silent but alive", sender=att.label, silent_s=round(now - att.last_seen, 1),
+                            timeout_s=self.heartbeat_timeout)
 
     def _detach_logged(self, att: Attachment, status: str) -> None:
         try:
@@ -291,7 +438,8 @@ class ControlServer:
 
     def _detach(self, att: Attachment, *, status: str, unlink: bool) -> None:
         self.attachments.pop(att.identity, None)
-        att.drain.stop(final_drain=True, unlink=unlink)
+        if att.drain.stop(final_drain=True, unlink=unlink):
+            self.announced.discard(att.drain.reader.name)
         with att.run.lock:
             att.run.manifest["status"] = status
             for pending in att.run.pending.values():

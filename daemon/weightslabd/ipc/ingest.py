@@ -10,6 +10,7 @@ import threading
 
 import structlog
 
+from weightslab_shim import ring
 from weightslab_shim.records import MalformedPayload
 from weightslab_shim.ring import CorruptRecord, RingReader
 from weightslabd.store.run import Run
@@ -87,7 +88,8 @@ class RingDrain:
             if n == 0 or self.reader.pending() == 0 or self.store_failing:
                 return total
 
-    def stop(self, *, final_drain: bool, unlink: bool) -> None:
+    def stop(self, *, final_drain: bool, unlink: bool) -> bool:
+        """Stop reading; True when the ring was unlinked."""
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
@@ -96,4 +98,13 @@ class RingDrain:
         if unlink and self.store_failing and self.reader.pending():
             unlink = False  # the disk refused what is left: a later start drains it (orphan recovery)
             log.error("ring kept for a later drain", sender=self.sender, pending_bytes=self.reader.pending())
-        self.reader.close(unlink_segment=unlink)
+        self.reader.close()
+        if not unlink:
+            return False
+        try:
+            ring.unlink(self.reader.name)
+        except OSError as exc:  # the OS refused: logged, never raised
+            log.error("ring segment could not be removed", sender=self.sender, ring=self.reader.name,
+                      error=exc.strerror or str(exc))
+            return False
+        return True

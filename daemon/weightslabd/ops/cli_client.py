@@ -2,7 +2,8 @@
 
 It connects the way the daemon serves the CLI: through the gRPC port (TLS with the client
 certificate in GRPC_TLS_CERT_DIR, and the first configured token) when CLI_PORT is unset or equals
-GRPC_BACKEND_PORT, else over TCP to CLI_HOST:CLI_PORT (sending `auth <token>` off loopback).
+GRPC_BACKEND_PORT, else over TCP to CLI_HOST:CLI_PORT (loopback; `auth <token>` is sent only when the
+daemon asks for it, i.e. when this process runs as another user than the daemon).
 """
 
 from __future__ import annotations
@@ -54,15 +55,23 @@ def tcp_executor(settings: Settings, port: int) -> Execute:
     sock = socket.create_connection((_connect_host(settings.cli_host), port), timeout=30)
     stream = sock.makefile("rw", encoding="utf-8", newline="\n")
 
-    def execute(line: str) -> dict[str, Any]:
+    def send(line: str) -> dict[str, Any]:
         stream.write(line.replace("\n", " ") + "\n")
         stream.flush()
         reply = stream.readline()
         return dict(json.loads(reply)) if reply else {"ok": False, "error": "the daemon closed the connection"}
 
     tokens = settings.auth_tokens()
-    if tokens:
-        execute(f"auth {tokens[0]}")
+
+    def execute(line: str) -> dict[str, Any]:
+        reply = send(line)
+        # The daemon's own user needs no token; `auth` is sent only when the daemon asks for it.
+        if reply.get("auth_required") and tokens:
+            if not send(f"auth {tokens[0]}").get("ok"):
+                return reply
+            reply = send(line)
+        return reply
+
     return execute
 
 

@@ -6,6 +6,7 @@ Every line, from structlog or from a plain stdlib logger (grpc, ...), passes the
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.handlers
@@ -17,6 +18,8 @@ from typing import IO, Any, cast
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
+
+from weightslabd.store.private import make_private_dirs, open_private
 
 WATCHDOG = 35  # between WARNING and ERROR: watchdog and restart events
 logging.addLevelName(WATCHDOG, "WATCHDOG")
@@ -132,6 +135,16 @@ def log_watchdog(logger: Logger | logging.Logger, event: str, **kw: Any) -> None
 
 # --- configuration ----------------------------------------------------------------------------------
 
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log file created 0600, the first one and each after a rotation or a reopen."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = open_private(Path(self.baseFilename))
+        # The handler owns the stream; mode is "a", so open() makes the TextIOWrapper FileHandler expects.
+        return cast(io.TextIOWrapper, open(fd, self.mode, encoding=self.encoding, errors=self.errors))  # noqa: SIM115
+
+
 # Run on every event: structlog's own, and stdlib records from other libraries (as the pre-chain).
 _SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -192,8 +205,8 @@ def configure_logging(
     handlers.append(console)
 
     if log_to_file and log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        make_private_dirs(log_dir)  # logs, like runs, are private: folders 0700, files 0600
+        file_handler = PrivateRotatingFileHandler(
             log_dir / LOG_FILE_NAME,
             maxBytes=LOG_FILE_MAX_BYTES,
             backupCount=LOG_FILE_BACKUPS,

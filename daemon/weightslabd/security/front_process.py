@@ -29,19 +29,20 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from weightslabd.security.peers import Peer, PeerTable
+from weightslabd.security.refusals import RefusalAggregator
 from weightslabd.security.tls import TlsConfig, TlsError, TlsFile, server_ssl_context
 from weightslabd.security.tls_front import (
     HANDSHAKE_SECONDS,
     MAX_CONNECTIONS,
     UPSTREAM_SECONDS,
     FrontError,
-    RefusalHook,
     TlsFront,
     bind_listeners,
     check_runtime_dir,
@@ -55,6 +56,9 @@ SETTING = "GRPC_BACKEND_HOST:GRPC_BACKEND_PORT"
 START_SECONDS = 15.0  # for the child to import, read the certificates and say ready
 RESPAWN_SECONDS = (0.5, 30.0)  # first and longest wait before starting a new child after one died
 LINE_LIMIT = 64 * 1024
+# (peer, reason, count): a refused handshake (count 1), or a summary of `count` more from that peer and reason
+# (refusals.py folds a loop of bad handshakes into one line per peer, reason and interval).
+AggregatedRefusalHook = Callable[[str, str, int], None]
 
 
 class Channel:
@@ -109,7 +113,7 @@ class FrontProcess:
     """Binds the gRPC TCP address, runs the front's child process on it, and keeps the table it reports to."""
 
     def __init__(self, host: str, port: int, tls: TlsConfig, upstream: Path, runtime_dir: Path, peers: PeerTable,
-                 on_refused: RefusalHook, *, handshake_timeout: float = HANDSHAKE_SECONDS) -> None:
+                 on_refused: AggregatedRefusalHook, *, handshake_timeout: float = HANDSHAKE_SECONDS) -> None:
         self.host = host.strip("[]")
         self.wanted_port = port
         self.tls = tls
@@ -117,6 +121,7 @@ class FrontProcess:
         self.runtime_dir = runtime_dir
         self.peers = peers
         self.on_refused = on_refused
+        self.refusals = RefusalAggregator(self._report_refusal)
         self.handshake_timeout = handshake_timeout
         self.port = 0
         self.restarts = 0
@@ -163,6 +168,16 @@ class FrontProcess:
             sock.close()
         self._listeners.clear()
 
+    def _report_refusal(self, peer: str, reason: str, count: int, seconds: float) -> None:
+        if count == 1:
+            log.warning("TLS handshake refused", peer=peer, reason=reason)
+        else:
+            log.warning("TLS handshakes refused", peer=peer, reason=reason, count=count, seconds=round(seconds, 1))
+        try:
+            self.on_refused(peer, reason, count)
+        except Exception as exc:  # noqa: BLE001 - the audit must not stop the front's reports
+            log.error("refused handshake not audited", peer=peer, error=f"{type(exc).__name__}: {exc}"[:200])
+
     def close(self, timeout: float = 2.0) -> None:
         """Ends the child (its connections flushed within `timeout`, then cut) and forgets every peer."""
         self.stop_accepting()
@@ -182,6 +197,7 @@ class FrontProcess:
         self.peers.clear()
         with contextlib.suppress(OSError):
             empty_peers_dir(self.runtime_dir / "peers")
+        self.refusals.close()  # the summaries still pending, before the audit log closes
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -257,12 +273,7 @@ class FrontProcess:
         elif kind == "remove":
             self.peers.remove(str(message["key"]))
         elif kind == "refused":
-            peer, reason = str(message.get("peer", "")), str(message.get("reason", ""))
-            log.warning("TLS handshake refused", peer=peer, reason=reason)
-            try:
-                self.on_refused(peer, reason)
-            except Exception as exc:  # noqa: BLE001 - the audit must not stop the front's reports
-                log.error("refused handshake not audited", peer=peer, error=f"{type(exc).__name__}: {exc}"[:200])
+            self.refusals.refused(str(message.get("peer", "")), str(message.get("reason", "")))
         elif kind == "log":
             level = str(message.get("level", "info"))
             raw = message.get("fields")

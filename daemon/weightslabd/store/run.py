@@ -40,6 +40,7 @@ from weightslabd.store.locks import WatchedLock
 from weightslabd.store.predictions_h5 import FILE_NAME as H5_FILE
 from weightslabd.store.predictions_h5 import PredictionsH5
 from weightslabd.store.previews import PreviewCache
+from weightslabd.store.private import make_private_dirs
 from weightslabd.store.sample_signals import SampleSignals, fold_per_sample
 from weightslabd.store.samples import SampleTable
 
@@ -145,7 +146,7 @@ class Run:
         self.preview_cache = PreviewCache(self.preview_array, max_entries=o.preview_cache_size,
                                           default_longest=o.thumbnail_size, warmup_wait_ms=o.preview_warmup_wait_ms,
                                           chunk_size=o.batch_chunk_size, preload=o.preload_previews)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(folder)  # the root log dir too, when this makes it: runs are private (0700)
         for split, size in (manifest.get("splits") or {}).items():
             self.samples.ensure_split(split, int(size))
         # A split added or grown after records named it makes the state differ from a replay (which sees

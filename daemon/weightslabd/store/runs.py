@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from weightslab_shim.runtime import is_run_id
 from weightslabd.store.run import Run, RunOptions
 
 log = structlog.get_logger("weightslabd.store.runs")
@@ -54,8 +55,11 @@ class RunRegistry:
             log.info("runs loaded", count=len(self.runs), current=self.current_id)
 
     def folder_for(self, hello: dict[str, Any]) -> Path:
+        run_id = hello["run_id"]
+        if not is_run_id(run_id):  # the control server checked already: never a folder outside the root
+            raise ValueError(f"run id {run_id!r} is not a plain run folder name")
         root = self.root_log_dir or Path(str(hello.get("script_dir") or ".")) / "root_log_dir"
-        return root / str(hello["run_id"])
+        return root / str(run_id)
 
     def attach(self, hello: dict[str, Any]) -> Run:
         """The run a hello names: the loaded one if known, else a new folder."""

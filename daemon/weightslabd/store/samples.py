@@ -96,8 +96,11 @@ class SplitTable:
                     continue
                 self.tag_masks[tag] = np.zeros(self.size, dtype=bool)
             self.tag_masks[tag][rows] = mode != "remove"
-        for tag in [t for t, m in self.tag_masks.items() if not m.any()]:
-            del self.tag_masks[tag]  # a tag nobody carries is no longer "in use"
+        # A tag nobody carries is no longer "in use" (nor held: a mask is a byte per sample). Only the
+        # tags this edit cleared can have emptied, and a new one set on no row.
+        emptied = list(self.tag_masks) if mode == "override" else [t for t in tags if t in self.tag_masks]
+        for tag in [t for t in emptied if not self.tag_masks[t].any()]:
+            del self.tag_masks[tag]
 
     def record_image(self) -> TableImage:
         """Copies of the columns records fill: a consistent cut when taken under the run lock."""
@@ -227,14 +230,21 @@ class SampleFrame:
 
 def _joined_tags(table: SplitTable) -> np.ndarray:
     """Each sample's tags as the `;`-joined text the Studio shows, one join per distinct tag set."""
-    names = sorted(table.tag_masks)[:62]  # a bit per tag in an int64 code
-    code = np.zeros(table.size, dtype=np.int64)
-    for bit, tag in enumerate(names):
-        code |= table.tag_masks[tag].astype(np.int64) << bit
-    distinct, inverse = np.unique(code, return_inverse=True)
-    texts = np.array([";".join(t for b, t in enumerate(names) if int(c) >> b & 1) for c in distinct.tolist()],
-                     dtype=object)
+    names = sorted(table.tag_masks)
+    group = np.zeros(table.size, dtype=np.int64)  # rows with the same tags so far share a number
+    for start in range(0, len(names), _TAG_BITS):
+        code = np.zeros(table.size, dtype=np.int64)  # a bit per tag of this chunk
+        for bit, tag in enumerate(names[start:start + _TAG_BITS]):
+            code |= table.tag_masks[tag].astype(np.int64) << bit
+        if start:
+            code = np.unique(np.stack([group, code], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+        group = code
+    _, first, inverse = np.unique(group, return_index=True, return_inverse=True)
+    texts = np.array([";".join(table.tags_of(int(row))) for row in first.tolist()], dtype=object)
     return texts[inverse.reshape(-1)]
+
+
+_TAG_BITS = 62  # tags per int64 code in _joined_tags
 
 
 def _grown(old: SplitTable, size: int) -> SplitTable:

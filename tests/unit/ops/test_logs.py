@@ -192,6 +192,35 @@ def test_reopen_after_logrotate_moved_the_file(tmp_path: Path) -> None:
     assert [line["event"] for line in json_lines(live.read_text())] == ["after reopen"]
 
 
-def test_reopen_without_a_file_does_nothing() -> None:
-    configure_logging("INFO", log_to_file=False, log_dir=None, stream=io.StringIO())
-    reopen_log_files()
+def test_reopen_without_a_file_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    stream = io.StringIO()
+    configure_logging("INFO", log_to_file=False, log_dir=None, stream=stream)
+    reopen_log_files()  # SIGHUP with no log file: no error, and no file appears anywhere
+    get_logger("weightslabd.test").info("still logging")
+    assert list(tmp_path.iterdir()) == []
+    assert "still logging" in stream.getvalue() and "Traceback" not in stream.getvalue()
+
+
+def test_the_log_folder_is_0700_and_the_file_0600_also_after_a_rotation(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from weightslabd.ops import logs
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    log_dir = tmp_path / "state" / "weightslabd"
+    old = os.umask(0o022)
+    try:
+        configure_logging("INFO", log_to_file=True, log_dir=log_dir, stream=io.StringIO())
+        get_logger().info("private")
+        assert (mode(tmp_path / "state"), mode(log_dir), mode(log_dir / LOG_FILE_NAME)) == (0o700, 0o700, 0o600)
+        [handler] = [h for h in logs._installed if isinstance(h, logging.FileHandler)]
+        handler.doRollover()  # type: ignore[attr-defined]
+        get_logger().info("after the rotation")
+        reopen_log_files()
+    finally:
+        os.umask(old)
+    assert mode(log_dir / LOG_FILE_NAME) == 0o600 and mode(log_dir / f"{LOG_FILE_NAME}.1") == 0o600

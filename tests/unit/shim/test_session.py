@@ -112,3 +112,17 @@ def test_what_an_item_carries_after_its_target_is_kept(session: Session, with_to
     assert (meta["file"] if isinstance(meta, dict) else [m["file"] for m in meta]) == [f"{i}.png" for i in ids]
     assert np.asarray(targets).tolist() == [i % 3 for i in ids.tolist()]
     assert np.asarray(inputs)[:, 0].tolist() == ids.tolist()
+
+
+@pytest.mark.parametrize(("rank", "world"), [("abc", "2"), ("1.5", ""), ("0", "zero"), ("-1", "2")])
+def test_a_bad_rank_is_one_warning_and_a_single_process(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        rank: str, world: str) -> None:
+    s = Session({"WEIGHTSLAB_RUNTIME_DIR": str(tmp_path / "rt"), "RANK": rank, "WORLD_SIZE": world})
+    assert (s.rank, s.world_size) == (0, 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"RANK={rank!r}" in lines[0] and "rank 0 of 1" in lines[0], lines
+
+
+def test_torch_rank_and_world_size_are_read(tmp_path: Path) -> None:
+    s = Session({"WEIGHTSLAB_RUNTIME_DIR": str(tmp_path / "rt"), "RANK": "3", "WORLD_SIZE": "4"})
+    assert (s.rank, s.world_size) == (3, 4)

@@ -184,3 +184,22 @@ def test_frame_spans_splits_in_registration_order() -> None:
     assert frame.row_of("val", 1) == 4 and frame.row_of("val", 2) is None
     with pytest.raises(KeyError):
         frame.column("nope")
+
+
+def test_the_tags_column_names_every_tag_past_62() -> None:
+    samples = SampleTable()
+    table = samples.ensure_split("train", 6)
+    names = [f"t{i:03d}" for i in range(200)]
+    table.edit_tags(ids(0, 1), names, "add")
+    table.edit_tags(ids(1,), ["t199"], "remove")
+    table.edit_tags(ids(2,), ["t150"], "add")
+    table.edit_tags(ids(3,), ["t000", "t150"], "add")
+    column = samples.frame().column("tags").tolist()
+    assert column == [";".join(names), ";".join(names[:-1]), "t150", "t000;t150", "", ""]
+
+
+def test_a_tag_set_on_no_row_is_not_kept() -> None:
+    table = SplitTable("train", 4)
+    table.edit_tags(ids(), ["ghost"], "add")
+    table.edit_tags(ids(9,), ["ghost"], "add")  # outside the split: no row
+    assert table.tag_masks == {}
