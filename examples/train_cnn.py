@@ -66,8 +66,8 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
 
-    parameters = wl.watch_or_edit({"experiment_name": "bar-angle-cnn-noisy-labels", "learning_rate": 0.01, "batch_size": 64,
-                                   "training_steps_to_do": args.steps}, flag="hyperparameters")
+    parameters = wl.watch_or_edit({"experiment_name": "bar-angle-cnn-noisy-labels", "learning_rate": 0.01,
+                                   "batch_size": 64, "training_steps_to_do": args.steps}, flag="hyperparameters")
     train_set, eval_set = Bars(args.samples, noise=args.noise), Bars(args.samples // 4, noise=0.0, seed=1)
     train_loader = wl.watch_or_edit(train_set, flag="data", loader_name="train", batch_size=64, shuffle=True,
                                     is_training=True)

@@ -143,7 +143,10 @@ class PageServer:
 def browser_binary() -> str:
     found = chromium()
     if found is None:
-        pytest.skip("chromium not found: `apt-get install -y chromium` (./dev test installs it when run as root)")
+        why = "chromium not found: `apt-get install -y chromium` (./dev test installs it when run as root)"
+        if os.environ.get("WL_TEST_SKIP_BROWSER") == "1":
+            pytest.skip(f"{why}; skipped as WL_TEST_SKIP_BROWSER=1 asks")
+        pytest.fail(f"{why}, or set WL_TEST_SKIP_BROWSER=1 to skip this test on purpose")
     return found
 
 

@@ -31,6 +31,9 @@ def test_environment_overrides_the_env_file_and_config_shows_sources(tmp_path: P
     env_file.write_text("WL_MAX_PREVIEW_CACHE_SIZE=17\nGRPC_BACKEND_PORT=6000\nGRPC_AUTH_TOKEN=s3cret-value\n")
     result = weightslabd("--env", str(env_file), "config", env=env)
     assert result.returncode == 0, result.stderr
+    after = weightslabd("config", "--env", str(env_file), env=env)  # the order docs/configuration.md shows
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == result.stdout
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "17" in rows["WL_MAX_PREVIEW_CACHE_SIZE"] and "site.env" in rows["WL_MAX_PREVIEW_CACHE_SIZE"]
     assert env["GRPC_BACKEND_PORT"] in rows["GRPC_BACKEND_PORT"] and "environment" in rows["GRPC_BACKEND_PORT"]

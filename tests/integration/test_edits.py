@@ -3,13 +3,19 @@ samples back, and a torch quickstart script runs attached with only its import c
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from weightslabd.proto import experiment_service_pb2 as pb
+from weightslabd.store.framedlog import read_frames
 
-from .harness import Daemon, Trainer, history, run_folder, set_hparams, wait_for
+from .harness import Daemon, Trainer, history, hparams, run_folder, set_hparams, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_cnn.py"
 
@@ -46,11 +52,51 @@ def test_discarded_samples_leave_the_loop_mid_epoch_and_restore_brings_them_back
     assert journal.count(b'"kind":"deny"') == 2
 
 
-def test_discard_while_no_trainer_is_attached_applies_when_it_attaches(daemon: Daemon, env: dict[str, str],
-                                                                       tmp_path: Path) -> None:
-    Trainer(env, tmp_path, "--steps", "3", name="first").wait()  # the run and its split exist now
-    reply = deny(daemon.stub(), [1, 2, 3])
-    assert reply.success and "no trainer is attached" in reply.message
+def journal(tmp: Path) -> list[dict[str, Any]]:
+    return [json.loads(frame) for _, frame in read_frames(run_folder(tmp) / "edits.journal")]
+
+
+@pytest.mark.timeout(90)
+def test_edits_made_while_no_trainer_is_attached_apply_when_it_attaches(daemon: Daemon, env: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    # The trainer runs on, but cannot attach while the edits are made: it is stopped (SIGSTOP) while its
+    # daemon is killed and another starts, which knows the run from disk and no trainer for it.
+    stop = tmp_path / "stop"
+    trainer = Trainer(env, tmp_path, "--steps", "100000", "--step-sleep", "0.003", "--until", str(stop))
+    try:
+        stub = daemon.stub()
+        wait_for(lambda: len(history(stub)) > 40, 20, "the first steps")  # every sample seen: an epoch is 16 steps
+        trainer.proc.send_signal(signal.SIGSTOP)
+        daemon.kill(signal.SIGKILL)
+        daemon.start()
+        stub = daemon.stub()
+        lr = set_hparams(stub, learning_rate=0.5)
+        denied = [1, 2, 3]
+        discard = deny(stub, denied)
+        for reply in (lr, discard):
+            assert reply.success and "no trainer is attached, it applies when the trainer reattaches" in reply.message
+        edits = {e["kind"]: e["seq"] for e in journal(tmp_path) if e["kind"] in ("hparams", "deny")}
+        assert set(edits) == {"hparams", "deny"}
+        trainer.proc.send_signal(signal.SIGCONT)
+
+        def applied() -> dict[int, dict[str, Any]]:
+            done = {e["edit"]: e for e in journal(tmp_path) if e["kind"] == "applied"}
+            return done if set(edits.values()) <= set(done) else {}
+
+        steps = wait_for(applied, 20, "the trainer to apply both edits and the journal to record it")
+        assert all(steps[seq]["ok"] for seq in edits.values())
+        assert hparams(stub)["learning_rate"] == 0.5
+        stop.touch()
+        status = trainer.wait(60)
+    finally:
+        trainer.proc.send_signal(signal.SIGCONT)
+        trainer.kill()
+    assert status["lr"] == 0.5 and status["hparams"]["learning_rate"] == 0.5
+    denied_at = steps[edits["deny"]]["step"]
+    by_step = dict(zip(status["step_of"], status["seen"], strict=True))
+    assert 40 < denied_at < max(by_step) - 16  # applied after the restart, with an epoch and more after it
+    assert any(set(denied) & set(by_step[s]) for s in range(denied_at))
+    assert not any(set(denied) & set(by_step[s]) for s in range(denied_at, max(by_step) + 1))
 
 
 def test_torch_quickstart_script_runs_attached(daemon: Daemon, env: dict[str, str]) -> None:

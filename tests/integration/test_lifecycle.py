@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 
-from .harness import Daemon, Trainer, base_env, history, manifest, wait_for
+from .harness import Daemon, Trainer, history, manifest, wait_for
 
 
 def test_sigterm_drains_streams_saves_state_and_exits_0_within_10_s(daemon: Daemon, env: dict[str, str],
@@ -32,9 +32,9 @@ def test_sigterm_drains_streams_saves_state_and_exits_0_within_10_s(daemon: Daem
             health_pb2.HealthCheckResponse.SERVING
         stream = stub.StreamStatus(pb.Empty(), timeout=30)
         next(stream)
-        t0 = time.monotonic()
-        assert daemon.kill(signal.SIGTERM) == 0
-        assert time.monotonic() - t0 < 10
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=10) == 0
         # The open stream ended cleanly instead of hanging the shutdown.
         assert sum(1 for _ in stream) >= 0
         assert manifest(tmp_path)["status"] == "detached"  # the trainer lives on; a new daemon re-attaches
@@ -74,15 +74,6 @@ def test_reflection_is_off_and_health_is_served(daemon: Daemon) -> None:
         assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_grpc_verbosity_reaches_the_grpc_core(tmp_path: Path) -> None:
-    env = base_env(tmp_path)
-    for level, expect in (("DEBUG", True), ("ERROR", False)):
-        env["GRPC_VERBOSITY"] = level
-        daemon = Daemon(env, tmp_path / f"daemon-{level}.log").start()
-        daemon.stop()
-        assert ("Log level DEBUG is not suitable for production" in daemon.log()) is expect
-
-
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ExperimentService"].methods]
 
 
@@ -94,6 +85,9 @@ def test_random_bytes_to_every_rpc_get_an_error_not_a_crash(daemon: Daemon, meth
     streaming = service.methods_by_name[method].server_streaming
     path = f"/ExperimentService/{method}"
     call = channel.unary_stream(path) if streaming else channel.unary_unary(path)
+    # A refusal is an answer; a unary call that runs into its deadline, or is cancelled, hung. Only an open
+    # stream may outlive the deadline: one that decoded waits for news, by design.
+    answers = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
     try:
         result = call(body, timeout=3)
         if streaming:
@@ -101,8 +95,7 @@ def test_random_bytes_to_every_rpc_get_an_error_not_a_crash(daemon: Daemon, meth
                 pass
             result.cancel()
     except grpc.RpcError as exc:
-        assert exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED,
-                              grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INVALID_ARGUMENT), exc
+        assert exc.code() in answers or (streaming and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED), exc
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # undecodable: refused, and logged with the peer
             assert wait_for(lambda: any(e.get("event") == "malformed request rejected" and
                                         e.get("peer", "").startswith("ipv4:127.0.0.1:") and e.get("method") == path
@@ -110,6 +103,7 @@ def test_random_bytes_to_every_rpc_get_an_error_not_a_crash(daemon: Daemon, meth
     assert daemon.proc is not None and daemon.proc.poll() is None
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    assert not pb_grpc.ExperimentServiceStub(channel).GetDataSplits(pb.Empty(), timeout=5).success  # no run yet
 
 
 

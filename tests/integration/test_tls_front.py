@@ -215,7 +215,7 @@ def test_a_handshake_never_finished_is_cut_at_the_timeout_and_audited(front: Fro
         assert hung_up(sock)  # blocks until the front gives up
         waited = time.monotonic() - t0
         port = sock.getsockname()[1]
-    assert HANDSHAKE_S * 0.9 <= waited < HANDSHAKE_S + 5
+    assert waited >= HANDSHAKE_S * 0.9  # not cut before its time; the socket's own timeout bounds the wait
     assert wait_for(lambda: front.refusal(port), 5, "the audited timeout") == "handshake not finished within 1 s"
     wait_for(front.idle, 5, "nothing left of the connection")
 
@@ -400,10 +400,9 @@ def test_daemon_serves_through_the_front(tls_env: dict[str, str], tmp_path: Path
         stream = pb_grpc.ExperimentServiceStub(last).StreamStatus(pb.Empty(), timeout=60, metadata=TOKEN)
         assert next(stream).experiment_name == "trainer"
         assert daemon.proc is not None
-        t0 = time.monotonic()
         daemon.proc.send_signal(signal.SIGTERM)
         assert sum(1 for _ in stream) >= 0
-        assert daemon.proc.wait(15) == 0 and time.monotonic() - t0 < 10
+        assert daemon.proc.wait(10) == 0
         last.close()
         assert not os.listdir(runtime / "peers")
         with pytest.raises(ConnectionRefusedError):
@@ -437,7 +436,8 @@ def test_the_front_outlives_a_grpc_server_restart(tls_env: dict[str, str], tmp_p
         port = daemon.grpc_port
         channel = grpc.secure_channel(f"localhost:{port}", channel_credentials(tmp_path / "certs"))
         stub = pb_grpc.ExperimentServiceStub(channel)
-        assert stub.GetDataSplits(pb.Empty(), timeout=10, metadata=TOKEN) is not None
+        no_run = pb.DataSplitsResponse(success=False)  # served by the daemon's servicer: no run has attached
+        assert stub.GetDataSplits(pb.Empty(), timeout=10, metadata=TOKEN) == no_run
         stream = stub.StreamStatus(pb.Empty(), timeout=60, metadata=TOKEN)  # no run: it waits for news
         wait_for(lambda: daemon.calls.stuck(float("inf"), 0), 5, "the stream to be in flight")
         daemon.restart_grpc()
@@ -446,7 +446,7 @@ def test_the_front_outlives_a_grpc_server_restart(tls_env: dict[str, str], tmp_p
         assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
         assert daemon.grpc_port == port and daemon.front.port == port  # the front kept listening
         # The same channel reconnects, through the same front, to the new server.
-        assert stub.GetDataSplits(pb.Empty(), timeout=10, metadata=TOKEN, wait_for_ready=True) is not None
+        assert stub.GetDataSplits(pb.Empty(), timeout=10, metadata=TOKEN, wait_for_ready=True) == no_run
         channel.close()
         wait_for(lambda: len(daemon.peers) == 0, 10, "the connection forgotten")
     finally:
@@ -483,11 +483,12 @@ def test_a_front_process_that_dies_is_replaced_on_the_same_port(tls_env: dict[st
                 return pb_grpc.ExperimentServiceStub(channel).GetDataSplits(pb.Empty(), timeout=10, metadata=TOKEN,
                                                                             wait_for_ready=True)
 
-        assert splits() is not None
+        no_run = pb.DataSplitsResponse(success=False)  # served by the daemon's servicer: no run has attached
+        assert splits() == no_run
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: daemon.front is not None and daemon.front.restarts == 1, 20, "a new front process")
         assert daemon.front.pid != first and daemon.grpc_port == port
-        assert splits() is not None  # the listening socket never closed: the same port, at once
+        assert splits() == no_run  # the listening socket never closed: the same port, at once
         wait_for(lambda: len(daemon.peers) == 0, 10, "the connection forgotten")
     finally:
         daemon.shutdown()

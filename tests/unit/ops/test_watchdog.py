@@ -122,11 +122,9 @@ def test_a_handler_that_cannot_get_the_state_answers_resource_exhausted(servicer
 
         threading.Thread(target=hog, daemon=True).start()
         assert taken.wait(5)
-        t0 = time.monotonic()
-        with pytest.raises(grpc.RpcError) as exc:
+        with pytest.raises(grpc.RpcError) as exc:  # a hang would end in DEADLINE_EXCEEDED instead
             stub.ExperimentCommand(pb.TrainerCommand(get_hyper_parameters=True), timeout=5)
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in (exc.value.details() or "")
-        assert time.monotonic() - t0 < 2  # the lock timeout, not a hang
         release.set()
     finally:
         server.stop(0)

@@ -7,9 +7,12 @@ import os
 import shutil
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from weightslabd.security.peers import Peer, PeerTable, identify
 from weightslabd.security.tls import (
     TlsConfig,
     TlsEnv,
@@ -26,15 +30,13 @@ from weightslabd.security.tls import (
     channel_credentials,
     generate_certs,
     resolve_tls,
-    server_credentials,
+    server_ssl_context,
 )
+from weightslabd.security.tls_front import TlsFront
 
 PING = "/test.Echo/Ping"
 RPC_TIMEOUT = 10.0
-
-
-def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
-    return request
+CLIENT_CN = "weightslabd client"
 
 
 def _config(cert_dir: Path, *, require_client_auth: bool = True) -> TlsConfig:
@@ -48,28 +50,50 @@ def certs(tmp_path: Path) -> Path:
     return cert_dir
 
 
-Serve = Callable[[grpc.ServerCredentials], str]
+@dataclass
+class Served:
+    """The daemon's TLS path in process: the front's engine with the context the daemon builds
+    (`server_ssl_context`), relaying to a plain gRPC server on a unix socket, as in the daemon."""
+
+    address: str
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    seen: list[Peer] = field(default_factory=list)  # who each call that reached the gRPC server came from
+
+
+Serve = Callable[[TlsConfig], Served]
 
 
 @pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Starts a real server on 127.0.0.1 with the given credentials; returns its address."""
-    servers: list[grpc.Server] = []
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """Starts the TLS front on 127.0.0.1 with `cfg`'s files and policy, before a real gRPC server."""
+    started: list[tuple[TlsFront, grpc.Server]] = []
 
-    def start(credentials: grpc.ServerCredentials) -> str:
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=2),
-            handlers=[grpc.method_handlers_generic_handler(
-                "test.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(_echo)}
-            )],
-        )
-        port = server.add_secure_port("127.0.0.1:0", credentials)
+    def start(cfg: TlsConfig) -> Served:
+        runtime = tmp_path / f"rt{len(started)}"
+        runtime.mkdir(mode=0o700)
+        upstream = runtime / "grpc.sock"
+        peers = PeerTable()
+        served = Served("")
+        front = TlsFront("127.0.0.1", 0, server_ssl_context(cfg), upstream, runtime, peers,
+                         lambda peer, reason: served.refused.append((peer, reason)))
+
+        def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+            served.seen.append(identify(context, peers))
+            return request
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[
+            grpc.method_handlers_generic_handler("test.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(echo)})])
+        server.add_insecure_port(f"unix:{upstream}")
         server.start()
-        servers.append(server)
-        return f"127.0.0.1:{port}"
+        front.bind()
+        front.start()
+        started.append((front, server))
+        served.address = f"127.0.0.1:{front.port}"
+        return served
 
     yield start
-    for server in servers:
+    for front, server in started:
+        front.close()
         server.stop(None)
 
 
@@ -77,6 +101,26 @@ def _ping(address: str, credentials: grpc.ChannelCredentials) -> bytes:
     with grpc.secure_channel(address, credentials) as channel:
         reply: bytes = channel.unary_unary(PING)(b"hello", timeout=RPC_TIMEOUT)
         return reply
+
+
+def _refused(served: Served, credentials: grpc.ChannelCredentials) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        _ping(served.address, credentials)
+    assert served.seen == []  # nothing reached the gRPC server
+    return err.value.code()
+
+
+def _reasons(served: Served) -> list[str]:
+    return [reason for _, reason in wait_for(lambda: list(served.refused), "the front to report the refusal")]
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+    return value
 
 
 def _mixed_dir(tmp_path: Path, ca_from: Path, client_from: Path) -> Path:
@@ -89,27 +133,29 @@ def _mixed_dir(tmp_path: Path, ca_from: Path, client_from: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# Handshakes
+# Handshakes, through the TLS front (the daemon serves TLS only there; tests/integration/test_tls_front_auth.py
+# does the same through a real daemon)
 # ----------------------------------------------------------------------------------------------
 
 
 def test_mtls_call_is_accepted(certs: Path, serve: Serve) -> None:
-    address = serve(server_credentials(_config(certs)))
-    assert _ping(address, channel_credentials(certs)) == b"hello"
+    served = serve(_config(certs))
+    assert _ping(served.address, channel_credentials(certs)) == b"hello"
+    assert [p.client_cert for p in served.seen] == [CLIENT_CN]  # the certificate the front verified
+    assert served.seen[0].address.startswith("ipv4:127.0.0.1:") and served.refused == []
 
 
 def test_server_certificate_names_localhost(certs: Path, serve: Serve) -> None:
-    address = serve(server_credentials(_config(certs)))
-    port = address.rsplit(":", 1)[1]
+    served = serve(_config(certs))
+    port = served.address.rsplit(":", 1)[1]
     # Name checks against the certificate, not only IP 127.0.0.1.
     assert _ping(f"localhost:{port}", channel_credentials(certs)) == b"hello"
 
 
 def test_client_without_certificate_is_rejected(certs: Path, serve: Serve) -> None:
-    address = serve(server_credentials(_config(certs)))
-    with pytest.raises(grpc.RpcError) as err:
-        _ping(address, channel_credentials(certs, client_cert=False))
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    served = serve(_config(certs))
+    assert _refused(served, channel_credentials(certs, client_cert=False)) == grpc.StatusCode.UNAVAILABLE
+    assert set(_reasons(served)) == {"no client certificate"}
 
 
 def test_client_certificate_from_another_ca_is_rejected(
@@ -117,10 +163,9 @@ def test_client_certificate_from_another_ca_is_rejected(
 ) -> None:
     other = tmp_path / "other"
     generate_certs(other)
-    address = serve(server_credentials(_config(certs)))
-    with pytest.raises(grpc.RpcError) as err:
-        _ping(address, channel_credentials(_mixed_dir(tmp_path, certs, other)))
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    served = serve(_config(certs))
+    assert _refused(served, channel_credentials(_mixed_dir(tmp_path, certs, other))) == grpc.StatusCode.UNAVAILABLE
+    assert set(_reasons(served)) == {"certificate verify failed: unable to get local issuer certificate"}
 
 
 def test_client_rejects_server_from_another_ca(
@@ -128,17 +173,17 @@ def test_client_rejects_server_from_another_ca(
 ) -> None:
     other = tmp_path / "other"
     generate_certs(other)
-    address = serve(server_credentials(_config(certs, require_client_auth=False)))
-    with pytest.raises(grpc.RpcError) as err:
-        _ping(address, channel_credentials(other, client_cert=False))
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    served = serve(_config(certs, require_client_auth=False))
+    assert _refused(served, channel_credentials(other, client_cert=False)) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_without_client_auth_a_plain_tls_client_is_accepted(
     certs: Path, serve: Serve
 ) -> None:
-    address = serve(server_credentials(_config(certs, require_client_auth=False)))
-    assert _ping(address, channel_credentials(certs, client_cert=False)) == b"hello"
+    served = serve(_config(certs, require_client_auth=False))
+    assert _ping(served.address, channel_credentials(certs, client_cert=False)) == b"hello"
+    assert _ping(served.address, channel_credentials(certs)) == b"hello"  # a certificate is not asked for
+    assert [p.client_cert for p in served.seen] == ["", ""] and served.refused == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,7 +218,7 @@ def _expired_server_pair(certs: Path) -> None:
 
 def _one_line_error(cfg: TlsConfig) -> str:
     with pytest.raises(TlsError) as err:
-        server_credentials(cfg)
+        server_ssl_context(cfg)  # what the daemon checks at boot, and its TLS front serves with
     message = str(err.value)
     assert "\n" not in message
     return message
@@ -203,7 +248,7 @@ def test_missing_ca_matters_only_with_client_auth(certs: Path) -> None:
     (certs / "ca.crt").unlink()
     message = _one_line_error(_config(certs))
     assert message.startswith(f"GRPC_TLS_CA_FILE={certs / 'ca.crt'}: file not found")
-    server_credentials(_config(certs, require_client_auth=False))
+    server_ssl_context(_config(certs, require_client_auth=False))
 
 
 def test_file_named_in_run_config_is_named_in_the_error(tmp_path: Path) -> None:
@@ -239,9 +284,9 @@ def test_channel_credentials_report_a_missing_ca(tmp_path: Path) -> None:
         channel_credentials(tmp_path)
 
 
-def test_disabled_tls_has_no_server_credentials(certs: Path) -> None:
+def test_disabled_tls_has_no_server_context(certs: Path) -> None:
     with pytest.raises(ValueError):
-        server_credentials(resolve_tls(TlsEnv(enabled=False, cert_dir=str(certs))))
+        server_ssl_context(resolve_tls(TlsEnv(enabled=False, cert_dir=str(certs))))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""What a (re)attaching trainer is sent: discards and restores it never acknowledged, each under its edit's
+id (so the ack journals it as applied), large ones as a packed mask, then the run's full deny lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from weightslab_shim import wire
+from weightslabd.ipc.control import DENY_IDS_MAX, unacked_denies
+from weightslabd.store.run import Run
+
+
+def test_unacked_discards_are_resent_under_their_edit_ids_in_journal_order(tmp_path: Path) -> None:
+    size = DENY_IDS_MAX * 2
+    run = Run.create(tmp_path / "r", {"run_id": "r", "created": 0.0, "splits": {"train": size}})
+    try:
+        many = list(range(0, DENY_IDS_MAX + 1))
+        first = run.journal_edit({"kind": "deny", "split": "train", "ids": [1, 2, 3], "deny": True})
+        run.journal_edit({"kind": "hparams", "values": {"learning_rate": 0.5}})
+        second = run.journal_edit({"kind": "deny", "split": "train", "ids": many, "deny": True})
+        third = run.journal_edit({"kind": "deny", "split": "train", "ids": [2], "deny": False})
+        with run.lock:
+            sent = unacked_denies(run)
+        assert [(seq, op) for seq, op, _ in sent] == [(first, "deny"), (second, "deny"), (third, "deny")]
+        assert sent[0][2] == {"split": "train", "ids": [1, 2, 3], "deny": True}
+        assert sent[2][2] == {"split": "train", "ids": [2], "deny": False}
+        packed = sent[1][2]
+        assert set(packed) == {"split", "mask", "deny"} and packed["deny"] is True
+        assert np.flatnonzero(wire.unpack_mask(packed["mask"], size)).tolist() == many
+        run.record_applied(first, 7, True)  # acknowledged: never sent again
+        with run.lock:
+            assert [seq for seq, _, _ in unacked_denies(run)] == [second, third]
+    finally:
+        run.close()
