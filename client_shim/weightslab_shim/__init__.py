@@ -17,6 +17,11 @@
         optimizer.step()
 
 Nothing in the loop changes when no daemon runs: the shim warns once and stays out of the way.
+
+The shim owns the wire between trainer and daemon: `wire` (control messages and the protocol version),
+`records` (the arrays in a ring record), `ring` (the shared-memory ring's layout) and `runtime` (the
+private runtime directory, run ids and ring names). The daemon imports these, once, from here; the shim
+imports nothing of the daemon, and needs only numpy and pyzmq (torch when the training uses it).
 """
 
 from __future__ import annotations
