@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,16 +20,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.timeout_method = "signal"
 
 
+def require_root(what: str) -> None:
+    """Root-only parts (an attacker under another uid, a tmpfs to fill) run wherever the suite runs as root,
+    as CI does; elsewhere the test fails, unless WL_TEST_SKIP_ROOT_ONLY=1 skips it on purpose."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is not None:
+        return
+    why = f"{what} needs root (and util-linux's setpriv)"
+    if os.environ.get("WL_TEST_SKIP_ROOT_ONLY") == "1":
+        pytest.skip(f"{why}; skipped as WL_TEST_SKIP_ROOT_ONLY=1 asks")
+    pytest.fail(f"{why}: run the suite as root, or set WL_TEST_SKIP_ROOT_ONLY=1 to skip this test on purpose")
+
+
+@pytest.fixture
+def root_only() -> None:
+    require_root("running a second uid")
+
+
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """Mounts small tmpfs file systems to fill (a full disk, for real): `tmpfs("1m")` is its folder.
-    Needs root (CI runs as root); otherwise the test fails, unless WL_TEST_SKIP_ROOT_ONLY=1 skips it on
-    purpose. Every mount is taken down at the end."""
-    if os.geteuid() != 0:
-        why = "mounting a small tmpfs to fill needs root"
-        if os.environ.get("WL_TEST_SKIP_ROOT_ONLY") == "1":
-            pytest.skip(f"{why}; skipped as WL_TEST_SKIP_ROOT_ONLY=1 asks")
-        pytest.fail(f"{why}: run the suite as root, or set WL_TEST_SKIP_ROOT_ONLY=1 to skip this test on purpose")
+    Root only (see require_root). Every mount is taken down at the end."""
+    require_root("mounting a small tmpfs to fill")
     mounted: list[Path] = []
 
     def mount(size: str) -> Path:

@@ -26,6 +26,7 @@ from .harness import Daemon, base_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+pytestmark = pytest.mark.usefixtures("root_only")  # setpriv to the image's uid: tests/conftest.py
 
 
 def image_uid() -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from .harness import Daemon, Trainer, free_port, run_folder, wait_for
 
 NOBODY = 65534
 TOKEN = "s3cret-token-for-issue-8"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running an attacker as uid nobody needs root")
+needs_root = pytest.mark.usefixtures("root_only")  # tests/conftest.py: fails, or skips on purpose
 
 # The attacker's side, stdlib only, run as uid nobody: one gRPC-Web call, or lines on the CLI port.
 WEB_CALL = r"""
@@ -145,6 +144,48 @@ def test_another_local_user_is_refused_on_the_grpc_web_port(env: dict[str, str],
         assert ours["http"] == 200 and ours["grpc_status"] in (None, "0"), ours
     finally:
         daemon.stop()
+
+
+GRPC_CALL = r"""
+import json, sys
+import grpc
+from weightslabd.proto import experiment_service_pb2 as pb, experiment_service_pb2_grpc as pb_grpc
+port, token = sys.argv[1], sys.argv[2]
+with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    stub = pb_grpc.ExperimentServiceStub(channel)
+    metadata = (("authorization", "Bearer " + token),) if token else ()
+    pause = pb.TrainerCommand(hyper_parameter_change=pb.HyperParameterCommand(
+        hyper_parameters=pb.HyperParameters(is_training=False)))
+    for name, call in (("splits", lambda: stub.GetDataSplits(pb.Empty(), timeout=10, metadata=metadata)),
+                       ("pause", lambda: stub.ExperimentCommand(pause, timeout=10, metadata=metadata))):
+        try:
+            reply = call()
+            print(json.dumps({"call": name, "code": "OK", "success": reply.success}))
+        except grpc.RpcError as exc:
+            print(json.dumps({"call": name, "code": exc.code().name, "details": exc.details()}))
+"""
+
+
+@needs_root
+def test_another_local_user_is_refused_on_the_plain_grpc_port(env: dict[str, str], tmp_path: Path) -> None:
+    """TLS off and no token (the tests' own set-up): loopback serves the daemon's uid alone."""
+    daemon = Daemon(env, tmp_path / "daemon.log").start()
+    trainer = Trainer(env, tmp_path, "--steps", "100000", "--step-sleep", "0.002")
+    try:
+        port = env["GRPC_BACKEND_PORT"]
+        wait_for(lambda: daemon.stub().GetDataSplits(pb.Empty(), timeout=5).success, 10, "the trainer to attach")
+        theirs = as_nobody(GRPC_CALL, port, "")
+        assert [r["code"] for r in theirs] == ["PERMISSION_DENIED", "PERMISSION_DENIED"], theirs
+        assert f"uid {NOBODY} called" in theirs[0]["details"] and "GRPC_AUTH_TOKEN" in theirs[0]["details"]
+        assert daemon.stub().GetDataSplits(pb.Empty(), timeout=5).split_names == ["train"]  # ours: served
+        hp = daemon.stub().ExperimentCommand(pb.TrainerCommand(get_hyper_parameters=True), timeout=5)
+        assert {d.name: d.string_value for d in hp.hyper_parameters_descs}.get("is_training") != "false"
+    finally:
+        trainer.kill()
+        daemon.stop()
+    refused = [e for e in audit_lines(tmp_path) if e["outcome"] == "PERMISSION_DENIED"]
+    assert {e["action"] for e in refused} == {"/ExperimentService/GetDataSplits",
+                                              "/ExperimentService/ExperimentCommand"}
 
 
 @needs_root

@@ -25,8 +25,7 @@ from weightslab_shim.runtime import control_endpoint, ring_prefix
 
 from .harness import Daemon, Trainer, history, manifest, shm_segments, wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                reason="running an attacker as a second uid needs root and setpriv")
+pytestmark = pytest.mark.usefixtures("root_only")  # tests/conftest.py: fails, or skips on purpose
 
 NOBODY = 65534  # the attacker, against a daemon of ours (root)
 OTHER = 65533  # the attacker, against a daemon running as NOBODY

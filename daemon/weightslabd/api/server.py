@@ -25,7 +25,8 @@ from weightslabd.config import Settings
 from weightslabd.ops.watchdog import InflightCalls
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 from weightslabd.security.audit import AuditInterceptor, AuditLog
-from weightslabd.security.auth import TokenAuthInterceptor
+from weightslabd.security.auth import OPEN_METHODS, TokenAuthInterceptor
+from weightslabd.security.loopback_uid import OwnUserOnLoopback
 from weightslabd.security.peers import PeerTable, peer_address
 
 log = structlog.get_logger("weightslabd.api.server")
@@ -111,13 +112,16 @@ def build_server(settings: Settings, servicer: ExperimentServicer, audit: AuditL
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),  # clients pinging every 10 s keep a margin
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+    # Neither TLS nor a token: loopback is every local user's, so only our own uid is served there.
+    own_user = OwnUserOnLoopback(OPEN_METHODS) if not settings.grpc_tls_enabled and not settings.auth_tokens() \
+        else None
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.grpc_max_concurrent_rpcs or WORKERS, thread_name_prefix="grpc"),
         # Decoding first (a malformed request is refused with its peer named), then audit, so it records
         # the calls that auth refuses too, then auth, then the watchdog's in-flight tracking.
         interceptors=[StrictDecoding(peers),
                       AuditInterceptor(audit, settings.auth_tokens(), servicer.current_folder, peers),
-                      TokenAuthInterceptor(settings.auth_tokens()), calls],
+                      TokenAuthInterceptor(settings.auth_tokens()), *([own_user] if own_user else []), calls],
         options=options,
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or WORKERS,
     )
@@ -138,6 +142,8 @@ def build_server(settings: Settings, servicer: ExperimentServicer, audit: AuditL
         if port == 0:
             raise BindError(f"GRPC_BACKEND_HOST:GRPC_BACKEND_PORT={wanted}: cannot listen (address in use?)")
         address = host_port(settings.grpc_backend_host, port)
+        if own_user is not None:
+            own_user.port = port
     if web_socket is not None:
         _add_unix_port(server, web_socket, "the gRPC-Web socket",
                        "use a shorter runtime dir, or WEIGHTSLAB_GRPC_WEB_PORT=-1 to turn gRPC-Web off")

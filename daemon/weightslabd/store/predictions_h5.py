@@ -144,6 +144,7 @@ class PredictionsH5:
         except Exception as exc:  # noqa: BLE001 - opens, but its layout is unreadable: also corrupt
             f.close()
             return self._start_over(exc)
+        os.chmod(self.path, 0o600)  # h5py creates files by the umask: runs are private
         return f
 
     def _start_over(self, exc: BaseException) -> h5py.File:
@@ -158,6 +159,7 @@ class PredictionsH5:
         self._sets.clear()
         self._next_suffix.clear()
         f = h5py.File(self.path, "a")
+        os.chmod(self.path, 0o600)
         self._scan(f)
         return f
 

@@ -39,6 +39,13 @@ def test_round_trip_of_class_indexes(tmp_path: Path) -> None:
         assert f["val"]["prediction"][:].tolist() == [6]
 
 
+def test_the_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / FILE_NAME
+    with PredictionsH5(path) as h5:
+        h5.append("train", 0, np.array([1]), np.array([2]))
+    assert path.stat().st_mode & 0o777 == 0o600  # h5py alone would leave it at the umask's 0644
+
+
 def test_round_trip_of_masks(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     masks = [rng.integers(0, 4, (5, 16, 12), dtype=np.uint8) for _ in range(3)]
