@@ -402,7 +402,23 @@ def print_table(rows: Rows, steps: int, rounds: int) -> None:
           "median of the per-round ratio and difference to the DataLoader loop; vs loader: the same ratio to "
           "the bare loop over the shim's own loader, i.e. the cost of observation alone; epoch 1: the ratio to "
           "bare over the first epoch, when the attached shim also sends each sample's input once as a preview)")
+    shim_against(rows)
     print(f"shared-memory rings left in /dev/shm after the runs: {len(rows.leftover_rings)}")
+
+
+def shim_against(rows: Rows) -> None:
+    """The attached shim against each baseline, first epoch (previews sent) and later epochs apart."""
+    if "shim" not in rows.steady:
+        return
+    print("\nshim + daemon against each baseline (median of per-round ratios):")
+    print(f"  {'baseline':<34} {'first epoch':>11} {'later epochs':>12}")
+    for key, label in (("bare", "bare DataLoader loop"), ("bare-sampler", "bare loop over the shim's loader"),
+                       ("shim-alone", "the shim detached (no daemon)")):
+        if key not in rows.steady:
+            continue
+        first = ratios(rows.first_epoch["shim"], rows.first_epoch[key])
+        later = ratios(rows.steady["shim"], rows.steady[key])
+        print(f"  {label:<34} {statistics.median(first):>11.3f} {statistics.median(later):>12.3f}")
 
 
 def main() -> None:

@@ -21,11 +21,13 @@ import numpy as np
 
 from . import records, wire
 from .channel import ControlChannel
+from .previews import preview_bytes
+from .previews import reduce as reduce_previews
 from .publisher import Publisher
 from .records import SEP
 from .ring import RecordType, RingWriter
 from .runtime import CONTROL_SOCKET, control_endpoint, new_run_id, private_dir_problem, resolve_runtime_dir, ring_prefix
-from .tensors import F32, F64, I64, Lazy, Staged, hold, nbytes_of, to_numpy
+from .tensors import F32, F64, I64, Deferred, Lazy, Staged, hold, to_numpy
 
 RING_MB_DEFAULT = 32
 PREVIEWS_PER_STEP = 64
@@ -34,7 +36,7 @@ END_TIMEOUT = 3.0
 PREVIEW_BYTES_SHARE = 4  # previews of one step take at most 1/4 of the largest record
 CLOSE_FLUSH_SECONDS = 2.0
 
-Fields = list[tuple[str, Staged | Lazy]]
+Fields = list[tuple[str, Staged | Lazy | Deferred]]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -62,6 +64,8 @@ class Session:
         self.runtime_dir = resolve_runtime_dir(env)
         script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("run")
         self.script_dir = str(script.resolve().parent)
+        self._script_dir_id = _file_id(self.script_dir)  # lets the daemon tell whether it sees our files
+        self.daemon_reads_files = False  # its welcome says: then samples with an image file send no pixels
         self.run_name = env.get("WEIGHTSLAB_RUN_NAME") or script.stem or "run"
         self.run_id = new_run_id(self.run_name)
         self.ring_bytes = int(_positive(env, "WEIGHTSLAB_RING_MB", RING_MB_DEFAULT) * 1024 * 1024)
@@ -144,6 +148,7 @@ class Session:
             "type": wire.HELLO, "protocol": wire.PROTOCOL_VERSION, "pid": self._pid,
             "host": socket.gethostname(), "rank": self.rank, "world_size": self.world_size,
             "run_name": self.run_name, "run_id": self.run_id, "script_dir": self.script_dir,
+            "script_dir_id": self._script_dir_id,
             "splits": dict(self.splits), "hparams": _jsonable(self.hparams), "step": self.step,
             "paused": self.paused,
             "ring": {"name": ring.name, "capacity": ring.capacity} if ring else None,
@@ -161,6 +166,7 @@ class Session:
         kind = msg["type"]
         if kind == wire.WELCOME:
             self.hp_sync = bool(msg.get("hp_sync", True))
+            self.daemon_reads_files = msg.get("reads_files") is True
             self._hp_dirty = True
             self._set_have_previews(msg.get("previews") or {})
         elif kind == wire.COMMAND:
@@ -338,21 +344,38 @@ class Session:
         need = np.flatnonzero(in_range & ~have[np.clip(id_arr, 0, have.size - 1)])[:PREVIEWS_PER_STEP]
         if need.size == 0 or self.ring is None:
             return
-        per_sample = max(1, nbytes_of(inputs) // max(1, len(id_arr)))
-        budget = self.ring.max_record // PREVIEW_BYTES_SHARE - sum(s.nbytes() for _, s in self._previews)
-        need = need[: max(0, budget // per_sample)]
-        if need.size == 0:
-            return  # too big for this step's share: these samples are offered again when seen again
-        have[id_arr[need]] = True
-        n = len(self._previews)
-        self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[need].astype(np.int64))))
-        self._previews.append((f"x{SEP}{split}{SEP}{n}", hold(_take(inputs, need))))
-        if targets is not None:
-            self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", hold(_take(targets, need))))
+        paths: list[str | None] = [None] * need.size
         if path_of is not None:
             paths = [path_of(int(i)) for i in id_arr[need]]
-            if any(paths):
-                self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field({"paths": paths}))))
+        # A sample whose image file the daemon reads too sends only the path (the daemon's thumbnails come
+        # from the file, at full resolution); the others send their input, thinned and 8-bit.
+        by_file = np.array([bool(p) and self.daemon_reads_files and _readable(p) for p in paths], dtype=bool)
+        pixels = need[~by_file]
+        per_sample = max(1, preview_bytes(inputs, np.arange(1)))
+        budget = self.ring.max_record // PREVIEW_BYTES_SHARE - sum(s.nbytes() for _, s in self._previews)
+        pixels = pixels[: max(0, budget // per_sample)]
+        named = need[by_file]
+        if pixels.size == 0 and named.size == 0:
+            return  # too big for this step's share: these samples are offered again when seen again
+        n = len(self._previews)
+        if named.size:
+            have[id_arr[named]] = True
+            self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[named].astype(np.int64))))
+            self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field(
+                {"paths": [paths[int(i)] for i in np.flatnonzero(by_file)]}))))
+            if targets is not None:
+                self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", hold(_take(targets, named))))
+            n += 1
+        if pixels.size:
+            have[id_arr[pixels]] = True
+            self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[pixels].astype(np.int64))))
+            self._previews.append((f"x{SEP}{split}{SEP}{n}", reduce_previews(inputs, pixels)))
+            if targets is not None:
+                self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", hold(_take(targets, pixels))))
+            sent_paths = [paths[int(i)] for i in np.flatnonzero(~by_file)][: pixels.size]
+            if any(sent_paths):  # a file the daemon may still read better than the thinned tensor
+                self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field(
+                    {"paths": sent_paths}))))
 
     def _dropped(self, rtype: int, fields: Fields) -> None:
         """The publisher could not write a record: previews in it are offered again later."""
@@ -409,6 +432,18 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
         pass
     sys.stderr.write(f"weightslab: {name}={raw!r} is invalid (expected a number > 0); using {default}\n")
     return default
+
+
+def _file_id(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def _readable(path: str | None) -> bool:
+    return bool(path) and os.access(str(path), os.R_OK)
 
 
 def _take(values: Any, idx: np.ndarray) -> Any:

@@ -9,6 +9,7 @@ synchronised on the hot path. torch is imported only if the caller already uses 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -131,3 +132,22 @@ def nbytes_of(value: Any) -> int:
     if hasattr(value, "element_size"):
         return int(value.element_size() * value.nelement())
     return int(np.asarray(value).nbytes)
+
+
+class Deferred:
+    """A value computed later, on the publisher's thread (`make` runs there, once)."""
+
+    __slots__ = ("_make", "_nbytes")
+
+    def __init__(self, make: Callable[[], np.ndarray], nbytes: int) -> None:
+        self._make = make
+        self._nbytes = nbytes
+
+    def ready(self) -> bool:
+        return True
+
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def array(self) -> np.ndarray:
+        return self._make()

@@ -34,12 +34,14 @@ def main() -> None:
                                          "missing) and name them to the shim")
     p.add_argument("--hp", action="append", default=[], help="KEY=VALUE: an extra hyperparameter of the run")
     p.add_argument("--until", help="run until this file exists (at most --steps steps)")
+    p.add_argument("--shape", default="1,4,4", help="C,H,W of each sample's input (floats in [0, 1))")
     args = p.parse_args()
 
     hp = wl.watch_or_edit({"learning_rate": 0.1, "training_steps_to_do": args.steps, "batch_size": args.batch,
                            **dict(kv.split("=", 1) for kv in args.hp)}, flag="hyperparameters")
     rng = np.random.default_rng(0)
-    data = [(rng.random((1, 4, 4), dtype=np.float32), int(i % 10)) for i in range(args.size)]
+    shape = tuple(int(n) for n in args.shape.split(","))
+    data = [(rng.random(shape, dtype=np.float32), int(i % 10)) for i in range(args.size)]
     paths = None
     if args.image_files:
         from PIL import Image

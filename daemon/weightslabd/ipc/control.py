@@ -126,6 +126,20 @@ def unacked_denies(run: Run) -> list[tuple[int, str, dict[str, Any]]]:
     return out
 
 
+def sees_files(hello: wire.Message) -> bool:
+    """Whether this daemon sees the trainer's file system: the script folder the hello names is the very
+    same one here (device and inode), not just a path that happens to exist (another container, a host).
+    Then samples whose image file is readable send no pixels for their previews."""
+    ident = hello.get("script_dir_id")
+    if not (isinstance(ident, list) and len(ident) == 2 and all(isinstance(n, int) for n in ident)):
+        return False
+    try:
+        st = os.stat(str(hello.get("script_dir", "")))
+    except (OSError, ValueError):
+        return False
+    return [st.st_dev, st.st_ino] == ident
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -348,7 +362,7 @@ class ControlServer:
                 if other.identity != identity:
                     self.attachments.pop(other.identity, None)
                 other.identity, other.last_seen = identity, time.monotonic()
-                self._welcome(identity, other.run)
+                self._welcome(identity, other.run, sees_files(msg))
                 return
             self.attachments.pop(other.identity, None)
             other.drain.stop(final_drain=True, unlink=False)
@@ -372,7 +386,7 @@ class ControlServer:
         drain.start()
         log.info("trainer attached", sender=att.label, ring=ring_name, folder=str(run.folder),
                  splits=msg.get("splits"), backlog_bytes=reader.pending())
-        self._welcome(identity, run)
+        self._welcome(identity, run, sees_files(msg))
 
     def _check_names(self, msg: wire.Message) -> tuple[str, int, str]:
         """The names a hello brings, exactly as the shim builds them; anything else is refused before
@@ -395,12 +409,12 @@ class ControlServer:
             raise ValueError(f"script_dir {script_dir!r} is not an absolute path without '..'")
         return run_id, pid, ring_name
 
-    def _welcome(self, identity: bytes, run: Run) -> None:
+    def _welcome(self, identity: bytes, run: Run, reads_files: bool) -> None:
         # Under the run lock, as edits are journaled and queued: the re-sent state and any new edit
         # reach the trainer in the order they were journaled.
         with run.lock:
             self._outbox.append((identity, {"type": wire.WELCOME, "run_id": run.run_id, "hp_sync": self.hp_sync,
-                                            "previews": run.preview_masks()}))
+                                            "previews": run.preview_masks(), "reads_files": reads_files}))
             for seq, op, args in [*unacked_denies(run), *run.commands_to_resend()]:
                 cmd_id = f"e{seq}" if seq else f"s{next(self._ids)}"
                 self._outbox.append((identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))

@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 from PIL import Image
+
+from weightslab_shim.previews import channel_axis, to_uint8
 
 __all__ = ["PNG_MAX_EDGE", "JPEG_QUALITY", "ThumbnailError", "to_image", "fit_size", "choose_format", "encode",
            "encode_as", "thumbnail"]
@@ -19,72 +20,10 @@ __all__ = ["PNG_MAX_EDGE", "JPEG_QUALITY", "ThumbnailError", "to_image", "fit_si
 # and 8x8 JPEG blocks on a 32 px image are plain to see. At 128 px an RGB PNG is ~8x a q85 JPEG (bench).
 PNG_MAX_EDGE = 64
 JPEG_QUALITY = 85
-_COLOUR_CHANNELS = (1, 3, 4)
 
 
 class ThumbnailError(ValueError):
     """The array cannot be shown as an image (its message is one line)."""
-
-
-def _channel_axis(shape: tuple[int, ...]) -> int:
-    """Which axis of a 3-D array holds the channels: 0 (CHW) or 2 (HWC)."""
-    c0, mid, c2 = shape
-    if c0 in _COLOUR_CHANNELS and c0 < mid and c0 < c2:
-        return 0
-    if c2 in _COLOUR_CHANNELS:
-        return 2
-    if c0 in _COLOUR_CHANNELS:
-        return 0
-    # 2 or more than 4 channels: the two spatial axes are the equal pair, else the channels are the shorter end
-    if mid == c2 and mid != c0:
-        return 0
-    if mid == c0 and mid != c2:
-        return 2
-    return 0 if c0 <= c2 else 2
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale an HW or HWC array of any real dtype to uint8."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * np.uint8(255)
-    if arr.dtype.kind in "iu":
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo >= 0 and hi <= 255:
-            return arr.astype(np.uint8)
-        if lo == hi:
-            return np.full(arr.shape, 128, dtype=np.uint8)
-        scaled = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
-        return np.rint(scaled).astype(np.uint8)
-    # floats: float16 math is slow and overflows early, so compute in float32 at least
-    data = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32, copy=False)
-    flo, fhi = float(data.min()), float(data.max())
-    finite: np.ndarray | None = None
-    if not (math.isfinite(flo) and math.isfinite(fhi)):  # min/max see any NaN or inf: one pass when clean
-        finite = np.isfinite(data)
-        if not finite.any():
-            return np.zeros(arr.shape, dtype=np.uint8)
-        values = data[finite]
-        flo, fhi = float(values.min()), float(values.max())
-        data = np.where(finite, data, 0)
-    if flo >= 0.0 and fhi <= 1.0:
-        scaled = data * 255.0
-    elif flo >= -1.0 and fhi <= 1.0:
-        scaled = (data + 1.0) * 127.5
-    elif flo == fhi:
-        scaled = np.full(data.shape, 128.0, dtype=data.dtype)
-    else:
-        # halves first: hi - lo can overflow for values near the float maximum
-        scaled = data * 0.5
-        scaled -= flo * 0.5
-        scaled *= 255.0 / (fhi * 0.5 - flo * 0.5)
-    np.clip(scaled, 0.0, 255.0, out=scaled)
-    scaled += 0.5  # round half up on the truncating cast
-    out = scaled.astype(np.uint8)
-    if finite is not None:
-        out[~finite] = 0
-    return out
 
 
 def to_image(array: np.ndarray) -> Image.Image:
@@ -114,11 +53,11 @@ def to_image(array: np.ndarray) -> Image.Image:
     if arr.ndim < 2 or arr.ndim > 3:
         raise ThumbnailError(f"cannot show a {arr.ndim}-D array (shape {shape}) as an image")
     if arr.ndim == 3:
-        if _channel_axis(arr.shape) == 0:
+        if channel_axis((arr.shape[0], arr.shape[1], arr.shape[2])) == 0:
             arr = np.moveaxis(arr, 0, -1)
         if arr.shape[2] in (1, 2) or arr.shape[2] > 4:
             arr = arr[:, :, 0]
-    pixels = np.ascontiguousarray(_to_uint8(arr))
+    pixels = np.ascontiguousarray(to_uint8(arr[None])[0])  # the shim's rules, so its 8-bit previews agree
     return Image.fromarray(pixels)  # uint8 HW, HW3, HW4 -> "L", "RGB", "RGBA"
 
 
