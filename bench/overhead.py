@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
+import json
 import multiprocessing
 import os
 import random
@@ -131,13 +132,30 @@ def worker(key: str, steps: int, scratch: Path) -> dict[str, Any]:
         loop = WatchedLoop(importlib.import_module("weightslab"), dataset, model, optimizer, criterion)
     else:
         loop = PlainLoop(key, dataset, model, optimizer, criterion, scratch)
+    daemon = daemon_cpu(scratch) if key == "shim" else None
     first_epoch = [timed(loop.step) for _ in range(EPOCH)]
+    daemon_mid = daemon_cpu(scratch) if daemon is not None else None
     times: list[int] = []
     for _ in range(steps):
         times.append(timed(loop.step))
         loop.after_step()
-    return {"median_us": statistics.median(times) / 1000, "first_epoch_us": statistics.median(first_epoch) / 1000,
-            **loop.report()}
+    result = {"median_us": statistics.median(times) / 1000, "first_epoch_us": statistics.median(first_epoch) / 1000,
+              **loop.report()}  # the shim's report flushes: the daemon has what it was sent
+    if daemon is not None and daemon_mid is not None:
+        end = daemon_cpu(scratch)
+        result["daemon_first_ms"] = (daemon_mid - daemon) * 1000 / EPOCH
+        result["daemon_later_ms"] = (end - daemon_mid) * 1000 / steps if end is not None else float("nan")
+    return result
+
+
+def daemon_cpu(scratch: Path) -> float | None:
+    """CPU seconds the benchmark's daemon has used so far, all its threads (/proc/<pid>/stat)."""
+    try:
+        pid = json.loads((Path(os.environ["WEIGHTSLAB_RUNTIME_DIR"]) / "daemon.json").read_text())["pid"]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def timed(step: Callable[[], None]) -> int:
@@ -419,6 +437,12 @@ def shim_against(rows: Rows) -> None:
         first = ratios(rows.first_epoch["shim"], rows.first_epoch[key])
         later = ratios(rows.steady["shim"], rows.steady[key])
         print(f"  {label:<34} {statistics.median(first):>11.3f} {statistics.median(later):>12.3f}")
+    extras = [e for e in rows.extras.get("shim", []) if "daemon_first_ms" in e]
+    if extras:
+        first_ms = statistics.median(e["daemon_first_ms"] for e in extras)
+        later_ms = statistics.median(e["daemon_later_ms"] for e in extras)
+        print(f"  {'daemon CPU per step (ms, all threads)':<34} {first_ms:>11.2f} {later_ms:>12.2f}"
+              f"   ({BATCH} previews a step in the first epoch)")
 
 
 def main() -> None:
