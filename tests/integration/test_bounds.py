@@ -6,7 +6,6 @@ gRPC. The bounds themselves are in docs/data-plane.md and docs/query.md."""
 from __future__ import annotations
 
 import json
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
 from weightslabd.store.framedlog import read_frames
 
 from .harness import Daemon, Trainer, base_env, free_port, run_folder, wait_for
+from .test_cli_server import line_session
 
 pytestmark = pytest.mark.timeout(120)
 ME = (("x-client-id", "bounds-test"),)
@@ -57,14 +57,7 @@ class Live:
 
     def cli(self, *lines: str) -> list[dict[str, Any]]:
         """The lines on one connection to the CLI line server: every line gets its reply."""
-        with socket.create_connection(("127.0.0.1", self.cli_port), timeout=30) as sock:
-            stream = sock.makefile("rw", encoding="utf-8", newline="\n")
-            out = []
-            for line in lines:
-                stream.write(line + "\n")
-                stream.flush()
-                out.append(json.loads(stream.readline()))
-            return out
+        return line_session(self.cli_port, *lines)
 
 
 @pytest.fixture(scope="module")
