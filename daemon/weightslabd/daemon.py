@@ -148,7 +148,7 @@ class Daemon:
         self.supervisor.ready(f"serving gRPC on {self.grpc_address}")
         log.info("weightslabd ready", grpc=self.grpc_address, tls=self.front is not None,
                  grpc_web=self.web.address if self.web is not None else "off",
-                 control=self.control.endpoint, runs=len(self.registry.runs), pid=os.getpid())
+                 control=self.control.endpoint, runs=len(self.registry.known), pid=os.getpid())
 
     def restart_grpc(self) -> None:
         """A new gRPC server on the same address; clients reconnect by themselves."""

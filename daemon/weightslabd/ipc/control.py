@@ -384,6 +384,7 @@ class ControlServer:
         self.attachments[identity] = att
         self.registry.make_current(run_id)
         drain.start()
+        self._release_idle()  # the run that was current may now be of no use
         log.info("trainer attached", sender=att.label, ring=ring_name, folder=str(run.folder),
                  splits=msg.get("splits"), backlog_bytes=reader.pending())
         self._welcome(identity, run, sees_files(msg))
@@ -461,6 +462,12 @@ class ControlServer:
             att.run.pending.clear()
             att.run.changed.notify_all()
         att.run.save_manifest()
+        self._release_idle()
+
+    def _release_idle(self) -> None:
+        """Runs that are neither current nor attached leave memory (their snapshot written), off this thread."""
+        keep = {a.run.run_id for a in list(self.attachments.values())}
+        threading.Thread(target=self.registry.release_idle, args=(keep,), name="release-runs", daemon=True).start()
 
     # -- called from other threads ------------------------------------------------------------------
 

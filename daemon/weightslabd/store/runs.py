@@ -1,7 +1,14 @@
-"""Every run the daemon knows: loaded from disk at start, created or resumed when a trainer says hello."""
+"""Every run the daemon knows: found on disk at start, created or resumed when a trainer says hello.
+
+A run is held in memory (opened: its state replayed) only while it is of use: the current one, the runs
+whose trainers are attached, and one the Studio reads until the next trainer attaches or leaves. The
+others are known by their folder alone, and opened again when asked for (`get`), so the daemon's memory
+does not grow with the number of runs it has seen.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import threading
@@ -18,17 +25,28 @@ log = structlog.get_logger("weightslabd.store.runs")
 INDEX = "runs.json"
 
 
+def _return_free_memory() -> None:
+    """Hand the freed heap back to the system (glibc keeps it otherwise: a released run's large arrays
+    would still count in the daemon's RSS). Nothing where the C library has no malloc_trim."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class RunRegistry:
     def __init__(self, root_log_dir: Path | None, state_dir: Path, options: RunOptions | None = None) -> None:
         self.root_log_dir = root_log_dir
         self.options = options or RunOptions()
         self.index_path = state_dir / INDEX
-        self.runs: dict[str, Run] = {}
+        self.runs: dict[str, Run] = {}  # the runs held in memory
+        self.known: dict[str, Path] = {}  # every run's folder, held or not
         self.current_id: str | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def load(self) -> None:
-        """Open every run listed in the index, and every run folder under an explicit root."""
+        """Learn every run listed in the index and every run folder under an explicit root (their manifests
+        only), and open the newest, which the Studio shows first."""
         folders: list[Path] = []
         try:
             folders += [Path(p) for p in json.loads(self.index_path.read_text()).values()]
@@ -37,22 +55,55 @@ class RunRegistry:
         if self.root_log_dir is not None and self.root_log_dir.is_dir():
             folders += [p for p in self.root_log_dir.iterdir() if (p / "manifest.json").is_file()]
         newest = 0.0
+        seen = {f.resolve() for f in self.known.values()}
         for folder in dict.fromkeys(folders):
-            if folder.resolve() in {r.folder.resolve() for r in self.runs.values()}:
+            if folder.resolve() in seen:
                 continue
+            try:
+                manifest = json.loads((folder / "manifest.json").read_text())
+                run_id = str(manifest["run_id"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("run folder unreadable, skipped", folder=str(folder), error=str(exc))
+                continue
+            self.known[run_id] = folder
+            created = float(manifest.get("created", 0))
+            if created >= newest:
+                newest, self.current_id = created, run_id
+        if self.current_id is not None and self._open(self.current_id) is None:
+            self.current_id = None
+        if self.known:
+            log.info("runs found", count=len(self.known), held=len(self.runs), current=self.current_id)
+
+    def _open(self, run_id: str) -> Run | None:
+        """The run in memory, opened from its folder (its state replayed) if it was not."""
+        with self._lock:
+            run = self.runs.get(run_id)
+            folder = self.known.get(run_id)
+            if run is not None or folder is None:
+                return run
             try:
                 run = Run.open(folder, self.options)
             except (OSError, ValueError, KeyError) as exc:
                 log.error("run folder unreadable, skipped", folder=str(folder), error=str(exc))
-                continue
+                self.known.pop(run_id, None)
+                return None
             if run.manifest.get("status") in ("running", "paused"):
                 run.manifest["status"] = "detached"  # its trainer may come back and say hello
-            self.runs[run.run_id] = run
-            created = float(run.manifest.get("created", 0))
-            if created >= newest:
-                newest, self.current_id = created, run.run_id
-        if self.runs:
-            log.info("runs loaded", count=len(self.runs), current=self.current_id)
+            self.runs[run_id] = run
+            return run
+
+    def release_idle(self, keep: set[str]) -> None:
+        """Close the runs held in memory that are neither current nor in `keep` (attached): they are read
+        again from their folders when asked for. Under the registry's lock, so no hello opens a second copy
+        of one while it closes."""
+        with self._lock:
+            idle = [run for rid, run in self.runs.items() if rid != self.current_id and rid not in keep]
+            for run in idle:
+                self.runs.pop(run.run_id, None)
+                run.close()
+                log.info("run released from memory", run=run.run_id, held=len(self.runs))
+        if idle:
+            _return_free_memory()
 
     def folder_for(self, hello: dict[str, Any]) -> Path:
         run_id = hello["run_id"]
@@ -65,7 +116,7 @@ class RunRegistry:
         """The run a hello names: the loaded one if known, else a new folder."""
         run_id = str(hello["run_id"])
         with self._lock:
-            run = self.runs.get(run_id)
+            run = self._open(run_id) if run_id in self.known else None
             if run is None:
                 folder = self.folder_for(hello)
                 if (folder / "manifest.json").is_file():
@@ -77,6 +128,7 @@ class RunRegistry:
                         "rank": hello.get("rank", 0), "world_size": hello.get("world_size", 1),
                     }, self.options)
                 self.runs[run_id] = run
+                self.known[run_id] = run.folder
                 self._save_index()
         run.manifest.update(pid=hello.get("pid"), status="paused" if hello.get("paused") else "running",
                             ring=(hello.get("ring") or {}).get("name"))
@@ -96,17 +148,19 @@ class RunRegistry:
 
     def current(self) -> Run | None:
         with self._lock:
-            return self.runs.get(self.current_id) if self.current_id else None
+            return self._open(self.current_id) if self.current_id else None
 
     def get(self, run_id: str) -> Run | None:
-        return self.runs.get(run_id)
+        """A run by id, opened from its folder when it is not held in memory."""
+        return self._open(run_id)
 
     def _save_index(self) -> None:
-        data = json.dumps({rid: str(r.folder.resolve()) for rid, r in self.runs.items()}, indent=1)
+        data = json.dumps({rid: str(folder.resolve()) for rid, folder in self.known.items()}, indent=1)
         tmp = self.index_path.with_suffix(".tmp")
         tmp.write_text(data)
         os.replace(tmp, self.index_path)
 
     def close(self) -> None:
-        for run in self.runs.values():
-            run.close()
+        with self._lock:  # after any release under way
+            for run in self.runs.values():
+                run.close()
