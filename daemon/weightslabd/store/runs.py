@@ -43,6 +43,8 @@ class RunRegistry:
         self.known: dict[str, Path] = {}  # every run's folder, held or not
         self.current_id: str | None = None
         self._lock = threading.RLock()
+        self._closing: set[str] = set()  # released runs whose close (snapshot write) is under way
+        self._closed = threading.Condition(self._lock)
 
     def load(self) -> None:
         """Learn every run listed in the index and every run folder under an explicit root (their manifests
@@ -77,6 +79,8 @@ class RunRegistry:
     def _open(self, run_id: str) -> Run | None:
         """The run in memory, opened from its folder (its state replayed) if it was not."""
         with self._lock:
+            while run_id in self._closing:  # reopening it now would read a half-written snapshot
+                self._closed.wait()
             run = self.runs.get(run_id)
             folder = self.known.get(run_id)
             if run is not None or folder is None:
@@ -94,14 +98,21 @@ class RunRegistry:
 
     def release_idle(self, keep: set[str]) -> None:
         """Close the runs held in memory that are neither current nor in `keep` (attached): they are read
-        again from their folders when asked for. Under the registry's lock, so no hello opens a second copy
-        of one while it closes."""
+        again from their folders when asked for. The close (a snapshot write) runs outside the registry's
+        lock, so the Studio's calls never wait for it; only a reopen of that very run waits."""
         with self._lock:
             idle = [run for rid, run in self.runs.items() if rid != self.current_id and rid not in keep]
             for run in idle:
                 self.runs.pop(run.run_id, None)
+                self._closing.add(run.run_id)
+        for run in idle:
+            try:
                 run.close()
-                log.info("run released from memory", run=run.run_id, held=len(self.runs))
+            finally:
+                with self._lock:
+                    self._closing.discard(run.run_id)
+                    self._closed.notify_all()
+            log.info("run released from memory", run=run.run_id, held=len(self.runs))
         if idle:
             _return_free_memory()
 
@@ -161,6 +172,8 @@ class RunRegistry:
         os.replace(tmp, self.index_path)
 
     def close(self) -> None:
-        with self._lock:  # after any release under way
+        with self._lock:
+            while self._closing:  # after any release under way
+                self._closed.wait()
             for run in self.runs.values():
                 run.close()
