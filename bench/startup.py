@@ -93,7 +93,7 @@ def fingerprint(run: Run) -> tuple[object, ...]:
     curve = store.slice_curve(None, 0) if store is not None else None
     return (run.step, run.last_position, len(run.sample_signals), run.history.latest(),
             {n: run.history.length(n) for n in run.history.names()}, float(np.nansum(train.signals["loss"])),
-            int(train.encounters.sum()), float(np.nansum(train.label)), int((run.preview_offsets["train"] >= 0).sum()),
+            int(train.encounters.sum()), float(np.nansum(train.label)), int(run.preview_store.masks()["train"].sum()),
             None if curve is None else float(curve.means.sum()), sorted(run.hparams.items()))
 
 

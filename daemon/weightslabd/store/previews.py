@@ -23,6 +23,7 @@ import numpy as np
 import structlog
 
 from weightslabd.proto import experiment_service_pb2 as pb
+from weightslabd.store.preview_encoder import Encoded, decode
 from weightslabd.store.thumbnails import encode, fit_size, to_image
 
 __all__ = ["DEFAULT_SIZE", "PreviewCache", "data_stat"]
@@ -32,7 +33,7 @@ log = structlog.get_logger("weightslabd.store.previews")
 DEFAULT_SIZE = (0, 0)
 SizeKey = tuple[int, int]
 Key = tuple[str, int, SizeKey]
-Source = Callable[[str, int], "np.ndarray | None"]
+Source = Callable[[str, int], "np.ndarray | Encoded | None"]
 
 
 def _varint(n: int) -> bytes:
@@ -65,7 +66,8 @@ class _Entry:
 
 
 class PreviewCache:
-    """Thread-safe LRU of encoded thumbnails over `source(split, sample_id) -> input array | None`.
+    """Thread-safe LRU of encoded thumbnails over `source(split, sample_id) -> input array | Encoded | None`
+    (an Encoded image at rest is served as it is when the request keeps its size, else resized).
 
     `source` is called from reader threads and the preload worker at once, so it must be thread-safe.
     `wrap`, when given, turns each new entry's bytes into a ready-made reply object (for example a
@@ -132,6 +134,18 @@ class PreviewCache:
                     continue
                 self._queue.append(item)
                 self._queued.add(item)
+            self._cond.notify_all()
+
+    def forget(self, split: str, ids: Sequence[int]) -> None:
+        """Drop every size of these samples' thumbnails: a newer preview of them is at rest."""
+        gone = {int(sid) for sid in ids}
+        if not gone:
+            return
+        with self._cond:
+            for key in [k for k in self._entries if k[0] == split and k[1] in gone]:
+                old = self._entries.pop(key)
+                self._stats["bytes_held"] -= len(old.data)
+                self._stats["wrapped_bytes_held"] -= old.held
             self._cond.notify_all()
 
     def get_many(self, keys: Sequence[tuple[str, int]], req_width: int, req_height: int) -> list[bytes | None]:
@@ -246,13 +260,19 @@ class PreviewCache:
     def _encode(self, split: str, sid: int, size: SizeKey) -> _Entry | None:
         """Read and encode one thumbnail, outside the lock; None (logged once) where it cannot be had."""
         try:
-            array = self._source(split, sid)
-            if array is None:
+            picture = self._source(split, sid)
+            if picture is None:
                 return None
-            image = to_image(array)
-            source_size = (image.width, image.height)
-            out_size = fit_size(image.width, image.height, size[0], size[1], self._default_longest)
-            data = encode(image, out_size)
+            if isinstance(picture, Encoded):  # an image at rest: served as it is where no resize is asked
+                source_size = picture.size
+                out_size = fit_size(*source_size, size[0], size[1], self._default_longest)
+                as_is = out_size == source_size and picture.fmt != "RAW"
+                data = picture.data if as_is else encode(decode(picture, out_size), out_size)
+            else:
+                image = to_image(picture)
+                source_size = (image.width, image.height)
+                out_size = fit_size(image.width, image.height, size[0], size[1], self._default_longest)
+                data = encode(image, out_size)
             wrapped = data if self._wrap is None else self._wrap(data)
         except Exception as exc:  # noqa: BLE001 - one bad sample must not fail a page of thumbnails
             with self._cond:

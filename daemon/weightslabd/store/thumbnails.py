@@ -13,8 +13,8 @@ from PIL import Image
 
 from weightslab_shim.previews import channel_axis, to_uint8
 
-__all__ = ["PNG_MAX_EDGE", "JPEG_QUALITY", "ThumbnailError", "to_image", "fit_size", "choose_format", "encode",
-           "encode_as", "thumbnail"]
+__all__ = ["PNG_MAX_EDGE", "JPEG_QUALITY", "ThumbnailError", "to_image", "to_pixels", "fit_size", "choose_format",
+           "encode", "encode_as", "thumbnail"]
 
 # At or below this longest edge a thumbnail is lossless PNG: MNIST/CIFAR/64 px pixels are seen one by one,
 # and 8x8 JPEG blocks on a 32 px image are plain to see. At 128 px an RGB PNG is ~8x a q85 JPEG (bench).
@@ -27,7 +27,12 @@ class ThumbnailError(ValueError):
 
 
 def to_image(array: np.ndarray) -> Image.Image:
-    """One sample's array as a PIL image ("L", "RGB" or "RGBA").
+    """One sample's array as a PIL image ("L", "RGB" or "RGBA"): see `to_pixels`."""
+    return Image.fromarray(to_pixels(array))  # uint8 HW, HW3, HW4 -> "L", "RGB", "RGBA"
+
+
+def to_pixels(array: np.ndarray) -> np.ndarray:
+    """One sample's array as contiguous uint8 pixels: HW, HW3 or HW4.
 
     Layouts: HW, CHW (C in 1, 3, 4 and C smaller than H and W), HWC (C in 1, 3, 4); leading
     singleton axes are dropped first, so (1, C, H, W) and (1, H, W) work. An array with 2 or more
@@ -57,8 +62,7 @@ def to_image(array: np.ndarray) -> Image.Image:
             arr = np.moveaxis(arr, 0, -1)
         if arr.shape[2] in (1, 2) or arr.shape[2] > 4:
             arr = arr[:, :, 0]
-    pixels = np.ascontiguousarray(to_uint8(arr[None])[0])  # the shim's rules, so its 8-bit previews agree
-    return Image.fromarray(pixels)  # uint8 HW, HW3, HW4 -> "L", "RGB", "RGBA"
+    return np.ascontiguousarray(to_uint8(arr[None])[0])  # the shim's rules, so its 8-bit previews agree
 
 
 def fit_size(width: int, height: int, req_width: int, req_height: int, default_longest: int) -> tuple[int, int]:
