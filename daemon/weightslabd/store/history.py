@@ -101,11 +101,11 @@ class SignalHistory:
         with self._lock:
             curve = self.curves[name]
             n = len(curve)
-            arrays = [np.frombuffer(a, dtype=a.typecode)[start:n].copy() if n > start else
-                      np.empty(0, dtype=a.typecode)
-                      for a in (curve.steps, curve.values, curve.vmin, curve.vmax, curve.stamps)]
-        idx = decimate_indexes(len(arrays[0]), max_points)
-        steps, values, vmin, vmax, stamps = (a[idx] for a in arrays)
+            idx = decimate_indexes(max(0, n - start), max_points) + start  # picked first: only those are copied
+            steps, values, vmin, vmax, stamps = (np.frombuffer(a, dtype=a.typecode)[idx] if n > start else
+                                                 np.empty(0, dtype=a.typecode)
+                                                 for a in (curve.steps, curve.values, curve.vmin, curve.vmax,
+                                                           curve.stamps))
         return Points(name, steps, values, vmin, vmax, stamps, max(n, start))
 
     def latest(self) -> tuple[str, int, float] | None:

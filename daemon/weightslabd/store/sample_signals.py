@@ -22,6 +22,11 @@ instances are the repeated ids within one record; a step reported by several rec
 pass in batches) pools the samples of all of them into that step's point. `fold_per_sample` is the
 same fold for one batch.
 
+At rest. A full chunk (one a later chunk follows; no append touches it again) may be moved to its
+Parquet file (`compact`, run by compactor.py; the file format in parquet_history.py): the chunk is then a
+`_ColdChunk`, whose reads decode only the row groups and columns they need. A reader that took the
+chunk before the swap keeps its arrays until it finishes.
+
 Non-finite values (NaN, +-inf) are not counted anywhere: not in means, minima, maxima, counts or folds.
 
 Threads. One ingest thread appends while gRPC threads read. `append` holds the store's lock only for
@@ -34,14 +39,17 @@ below the snapshot's length, when they grow), so the snapshot's prefix never cha
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import structlog
 
 from weightslabd.store.history import decimate_indexes
+from weightslabd.store.parquet_history import ChunkRows, ColdPart, write_chunk
 
 log = structlog.get_logger("weightslabd.store.sample_signals")
 
@@ -141,8 +149,10 @@ class _Chunk:
         self.used = 0
 
     @classmethod
-    def adopt(cls, image: ChunkImage) -> _Chunk:
-        """A chunk over an image's arrays (taken, not copied)."""
+    def adopt(cls, image: ChunkImage) -> _Chunk | _ColdChunk:
+        """A chunk over an image's arrays (taken, not copied), or over its file for a chunk at rest."""
+        if image.part is not None:
+            return _ColdChunk(image.part)
         chunk = cls.__new__(cls)
         chunk.ids, chunk.values, chunk.instances = image.ids, image.values, image.instances
         chunk.first_record, chunk.offset, chunk.used = image.first_record, image.offset, image.used
@@ -154,6 +164,48 @@ class _Chunk:
 
     def nbytes(self) -> int:
         return self.ids.nbytes + self.values.nbytes + (self.instances.nbytes if self.instances is not None else 0)
+
+    def columns(self, lo: int, hi: int, instances: bool = False) -> list[np.ndarray]:
+        """ids, values [, instance indexes or None] of chunk positions [lo, hi): views, no copy."""
+        out = [self.ids[lo:hi], self.values[lo:hi]]
+        if instances:
+            out.append(None if self.instances is None else self.instances[lo:hi])  # type: ignore[arg-type]
+        return out
+
+    def id_hits(self, lo: int, hi: int, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions from lo, ids, values) of the values in [lo, hi) whose id is set in `table`."""
+        ids = self.ids[lo:hi]
+        pos = np.flatnonzero(table[ids])
+        return pos, ids[pos], self.values[lo:hi][pos]
+
+
+class _ColdChunk:
+    """A full chunk at rest in its Parquet file (parquet_history.py): reads decode only what they need."""
+
+    __slots__ = ("part",)
+
+    def __init__(self, part: ColdPart) -> None:
+        self.part = part
+
+    first_record = property(lambda self: self.part.first_record)
+    offset = property(lambda self: self.part.offset)
+    used = property(lambda self: self.part.used)
+    capacity = used
+
+    def nbytes(self) -> int:
+        return 0
+
+    def columns(self, lo: int, hi: int, instances: bool = False) -> list[np.ndarray]:
+        names = ("sample_id", "value", "instance") if instances else ("sample_id", "value")
+        return self.part.read(lo, hi, names)
+
+    def id_hits(self, lo: int, hi: int, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As _Chunk.id_hits, decoding the value column only in the row groups holding a wanted id."""
+        ids = self.part.read(lo, hi, ("sample_id",))[0]
+        pos = np.flatnonzero(table[ids])
+        if pos.size == 0:
+            return pos, ids[pos], np.empty(0, dtype=np.float32)
+        return pos, ids[pos], self.part.read_at(lo + pos, "value")
 
 
 @dataclass(frozen=True)
@@ -169,6 +221,7 @@ class ChunkImage:
     ids: np.ndarray  # int32 [capacity]
     values: np.ndarray  # float32 [capacity]
     instances: np.ndarray | None  # int32 [capacity], or None: no record before the cut gave instance indexes
+    part: ColdPart | None = None  # a chunk at rest: its file (ids and values then empty)
 
 
 @dataclass(frozen=True)
@@ -195,7 +248,7 @@ class _Snapshot:
     steps: np.ndarray  # [records]
     starts: np.ndarray  # [records + 1], global value positions
     flags: np.ndarray  # [records]
-    chunks: tuple[tuple[_Chunk, int, int], ...]  # (chunk, first record, end record), non-empty
+    chunks: tuple[tuple[_Chunk | _ColdChunk, int, int], ...]  # (chunk, first record, end record), non-empty
     sorted_steps: bool  # steps never decrease
     max_id: int
 
@@ -228,7 +281,8 @@ class SignalStore:
         self.signal = signal
         self._chunk_max = max(1, chunk_max)
         self._lock = threading.Lock()
-        self._chunks: list[_Chunk] = []
+        self._chunks: list[_Chunk | _ColdChunk] = []
+        self.on_full: Callable[[], object] | None = None  # told when a chunk fills: it may go to disk
         self._steps = np.empty(_INDEX_MIN, dtype=np.int64)
         self._starts = np.zeros(_INDEX_MIN + 1, dtype=np.int64)
         self._flags = np.zeros(_INDEX_MIN, dtype=np.uint8)
@@ -285,11 +339,14 @@ class SignalStore:
             inst = inst.astype(np.int32, copy=False)
         top = int(ids32.max())
         with self._lock:
-            chunk = self._chunks[-1] if self._chunks else None
-            if chunk is None or chunk.used + n > chunk.capacity:
-                size = CHUNK_MIN if chunk is None else chunk.capacity * 2
+            last = self._chunks[-1] if self._chunks else None
+            if last is None or last.used + n > last.capacity or isinstance(last, _ColdChunk):
+                size = CHUNK_MIN if last is None else last.capacity * 2
                 chunk = _Chunk(max(n, min(size, self._chunk_max)), self._records, self._values)
                 self._chunks.append(chunk)
+                full = last is not None
+            else:
+                chunk, full = last, False
             at = chunk.used
             chunk.ids[at:at + n] = ids32
             chunk.values[at:at + n] = vals
@@ -310,6 +367,8 @@ class SignalStore:
             self._any_instances |= bool(flags)
             self._values += n
             self._records = r + 1  # last: the record is complete when a reader can count it
+        if full and self.on_full is not None:
+            self.on_full()
 
     def _grow_index(self) -> None:
         """Replace the index arrays by twice-larger copies (readers keep the old ones: same prefix)."""
@@ -326,8 +385,7 @@ class SignalStore:
         """The store as of now: the record index copied (17 bytes a record), the chunks by reference."""
         with self._lock:
             n = self._records
-            chunks = tuple(ChunkImage(c.capacity, c.first_record, c.offset, c.used, c.ids, c.values, c.instances)
-                           for c in self._chunks)
+            chunks = tuple(_chunk_image(c) for c in self._chunks)
             return StoreImage(self.split, self.signal, n, self._values, self._steps[:n].copy(),
                               self._starts[:n + 1].copy(), self._flags[:n].copy(), self._sorted_steps, self._max_id,
                               self._any_instances, self._bad_ids, chunks)
@@ -379,8 +437,64 @@ class SignalStore:
     def used_nbytes(self) -> int:
         """Bytes holding data: values, instance indexes of chunks that have them, and the record index."""
         with self._lock:
-            inst = sum(c.used * 4 for c in self._chunks if c.instances is not None)
-            return self._values * 8 + inst + self._records * 17
+            hot = [c for c in self._chunks if isinstance(c, _Chunk)]
+            inst = sum(c.used * 4 for c in hot if c.instances is not None)
+            return sum(c.used for c in hot) * 8 + inst + self._records * 17
+
+    # -- at rest (parquet_history.py) ----------------------------------------------------------------
+
+    def hot_full_chunks(self) -> int:
+        """Chunks in memory that no append will touch again: what `compact` would move to disk."""
+        with self._lock:
+            return sum(isinstance(c, _Chunk) for c in self._chunks[:-1])
+
+    def compact(self, run_folder: Path, after_swap: Callable[[], object] | None = None) -> int:
+        """Move every full chunk still in memory to its Parquet file, then drop its arrays (readers that
+        took it keep them until they finish). The only lock taken is the store's, for the swap. How many."""
+        with self._lock:
+            n = self._records
+            steps, starts, flags = self._steps[:n], self._starts[:n + 1], self._flags[:n]
+            todo = [(i, c, self._chunks[i + 1].first_record) for i, c in enumerate(self._chunks[:-1])
+                    if isinstance(c, _Chunk)]
+        done = 0
+        for index, chunk, end in todo:
+            part = write_chunk(run_folder, self.chunk_rows(index, chunk, end, steps, starts, flags))
+            with self._lock:
+                if self._chunks[index] is chunk:
+                    self._chunks[index] = _ColdChunk(part)
+                    done += 1
+            if after_swap is not None:
+                after_swap()
+        return done
+
+    def chunk_rows(self, index: int, chunk: _Chunk, end: int, steps: np.ndarray, starts: np.ndarray,
+                   flags: np.ndarray) -> ChunkRows:
+        """A chunk in memory as the rows of its file (records chunk.first_record..end)."""
+        r0 = chunk.first_record
+        bounds = starts[r0:end + 1] - chunk.offset
+        used = int(bounds[-1])
+        inst = np.zeros(used, dtype=np.int32)
+        for r in np.flatnonzero(flags[r0:end]).tolist():
+            lo, hi = int(bounds[r]), int(bounds[r + 1])
+            if flags[r0 + r] & _INST and chunk.instances is not None:
+                inst[lo:hi] = chunk.instances[lo:hi]
+            elif flags[r0 + r] & _FOLD:
+                inst[lo:hi] = _occurrence(chunk.ids[lo:hi])
+        return ChunkRows(self.split, self.signal, index, r0, chunk.offset, steps[r0:end], bounds,
+                         chunk.ids[:used], chunk.values[:used], inst)
+
+    def rows(self) -> Iterator[tuple[ColdPart | None, ChunkRows | None]]:
+        """Every chunk as of now: (its file, None) for one at rest, (None, its rows) for one in memory."""
+        with self._lock:
+            n = self._records
+            steps, starts, flags = self._steps[:n], self._starts[:n + 1], self._flags[:n]
+            chunks = list(self._chunks)
+        for i, c in enumerate(chunks):
+            end = min(chunks[i + 1].first_record, n) if i + 1 < len(chunks) else n
+            if isinstance(c, _ColdChunk):
+                yield c.part, None
+            elif end > c.first_record:
+                yield None, self.chunk_rows(i, c, end, steps, starts, flags)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -421,6 +535,7 @@ class SignalStore:
         if step_range is not None:
             rec_ok = (snap.steps >= step_range[0]) & (snap.steps <= step_range[1])
         part = _Partial.empty(snap.records)
+        blocks = []
         for chunk, r0, r1 in snap.chunks:
             ok = None
             if rec_ok is not None:
@@ -431,7 +546,9 @@ class SignalStore:
                 ok = rec_ok[r0:r1]
                 if ok.all():
                     ok = None
-            _aggregate_chunk(chunk, snap, r0, r1, lookup, how, ok, part)
+            blocks.append((chunk, r0, r1, ok))
+        for (_, r0, r1, ok), columns in zip(blocks, _prefetched(snap, blocks), strict=True):
+            _aggregate_chunk(columns, snap, r0, r1, lookup, how, ok, part)
         return _by_step(snap, part, max_points)
 
     def trajectory(self, sample_ids: Sequence[int] | np.ndarray, max_points: int,
@@ -449,16 +566,21 @@ class SignalStore:
         table[wanted] = True
         got_ids, got_steps, got_vals = [], [], []
         for chunk, r0, r1 in snap.chunks:
+            rows = chunk.part.sample_rows(wanted) if isinstance(chunk, _ColdChunk) else None
+            if rows is not None:  # the by-sample copy: only the row groups of the wanted ids
+                fin = np.isfinite(rows[2])
+                got_ids.append(rows[0][fin])
+                got_steps.append(rows[1][fin])
+                got_vals.append(rows[2][fin])
+                continue
             lo, hi = int(snap.starts[r0] - chunk.offset), int(snap.starts[r1] - chunk.offset)
-            ids = chunk.ids[lo:hi]
-            pos = np.flatnonzero(table[ids])
+            pos, hit_ids, vals = chunk.id_hits(lo, hi, table)
             if pos.size == 0:
                 continue
-            vals = chunk.values[lo:hi][pos]
             fin = np.isfinite(vals)
-            pos, vals = pos[fin], vals[fin]
+            pos, vals, hit_ids = pos[fin], vals[fin], hit_ids[fin]
             rec = np.searchsorted(snap.starts[r0:r1 + 1] - snap.starts[r0], pos, side="right") - 1
-            got_ids.append(ids[pos])
+            got_ids.append(hit_ids)
             got_steps.append(snap.steps[r0:r1][rec])
             got_vals.append(vals)
         if not got_ids:
@@ -498,8 +620,9 @@ class SignalStore:
         for r in recs.tolist():
             chunk = snap.chunks[int(np.searchsorted(firsts, r, side="right")) - 1][0]
             lo_, hi_ = int(snap.starts[r] - chunk.offset), int(snap.starts[r + 1] - chunk.offset)
-            ids_parts.append(chunk.ids[lo_:hi_])
-            val_parts.append(chunk.values[lo_:hi_])
+            ids_, vals_ = chunk.columns(lo_, hi_)
+            ids_parts.append(ids_)
+            val_parts.append(vals_)
         uids, folded = fold_per_sample(np.concatenate(ids_parts), np.concatenate(val_parts), how)
         order = np.argsort(-folded, kind="stable")  # NaN sorts last
         if max_samples > 0:
@@ -515,14 +638,24 @@ class SignalStore:
         for r in np.flatnonzero(snap.steps == step).tolist():
             chunk = snap.chunks[int(np.searchsorted(firsts, r, side="right")) - 1][0]
             lo, hi = int(snap.starts[r] - chunk.offset), int(snap.starts[r + 1] - chunk.offset)
-            ids = chunk.ids[lo:hi].copy()
+            ids, vals, stored = chunk.columns(lo, hi, instances=True)
+            ids = ids.copy()
             inst: np.ndarray | None = None
-            if snap.flags[r] & _INST and chunk.instances is not None:
-                inst = chunk.instances[lo:hi].copy()
+            if isinstance(chunk, _ColdChunk):  # its file holds what the cases below give
+                inst = stored.copy() if snap.flags[r] & (_INST | _FOLD) else None
+            elif snap.flags[r] & _INST and stored is not None:
+                inst = stored.copy()
             elif snap.flags[r] & _FOLD:
                 inst = _occurrence(ids)
-            out.append((ids, chunk.values[lo:hi].copy(), inst))
+            out.append((ids, vals.copy(), inst))
         return out
+
+
+def _chunk_image(c: _Chunk | _ColdChunk) -> ChunkImage:
+    if isinstance(c, _ColdChunk):
+        empty_i, empty_f = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
+        return ChunkImage(c.used, c.first_record, c.offset, c.used, empty_i, empty_f, None, c.part)
+    return ChunkImage(c.capacity, c.first_record, c.offset, c.used, c.ids, c.values, c.instances)
 
 
 def _check_image(image: StoreImage) -> None:
@@ -537,7 +670,10 @@ def _check_image(image: StoreImage) -> None:
     record, offset = 0, 0
     for c in image.chunks:
         arrays = [c.ids, c.values] + ([] if c.instances is None else [c.instances])
-        if any(a.shape != (c.capacity,) for a in arrays) or not 0 <= c.used <= c.capacity:
+        if c.part is not None:
+            if (c.part.first_record, c.part.offset, c.part.used) != (c.first_record, c.offset, c.used):
+                raise ValueError(f"{where}: the file of the chunk at value {c.offset} holds another chunk")
+        elif any(a.shape != (c.capacity,) for a in arrays) or not 0 <= c.used <= c.capacity:
             raise ValueError(f"{where}: a chunk's arrays do not match its capacity {c.capacity}")
         if (c.ids.dtype, c.values.dtype) != (np.int32, np.float32) or (c.instances is not None
                                                                        and c.instances.dtype != np.int32):
@@ -552,14 +688,17 @@ def _check_image(image: StoreImage) -> None:
         raise ValueError(f"{where}: chunks hold {offset} values of {record} records, not {image.values} of {n}")
 
 
-def _aggregate_chunk(chunk: _Chunk, snap: _Snapshot, r0: int, r1: int, lookup: np.ndarray | None, how: str,
-                     rec_ok: np.ndarray | None, part: _Partial) -> None:
-    """Fill `part[r0:r1]` from records r0..r1 of `chunk` (all of them in it); `rec_ok`: which of them count."""
+def _block_columns(chunk: _Chunk | _ColdChunk, snap: _Snapshot, r0: int, r1: int) -> list[np.ndarray]:
+    lo = int(snap.starts[r0]) - chunk.offset
+    return chunk.columns(lo, lo + int(snap.starts[r1] - snap.starts[r0]))
+
+
+def _aggregate_chunk(columns: list[np.ndarray], snap: _Snapshot, r0: int, r1: int, lookup: np.ndarray | None,
+                     how: str, rec_ok: np.ndarray | None, part: _Partial) -> None:
+    """Fill `part[r0:r1]` from records r0..r1 (`columns`: their ids and values); `rec_ok`: which of them count."""
     base = int(snap.starts[r0])
     bounds = snap.starts[r0:r1 + 1] - base  # record boundaries within the block
-    lo = base - chunk.offset
-    ids = chunk.ids[lo:lo + int(bounds[-1])]
-    vals = chunk.values[lo:lo + int(bounds[-1])]
+    ids, vals = columns
     keep: np.ndarray | None = None  # which values count (None: all, if finite)
     if lookup is not None:
         keep = lookup[ids]
@@ -580,6 +719,24 @@ def _aggregate_chunk(chunk: _Chunk, snap: _Snapshot, r0: int, r1: int, lookup: n
         part.reset(dest)
         idx, sub_bounds = _ranges(bounds[local], bounds[local + 1])
         _aggregate(ids[idx], vals[idx], sub_bounds, None if keep is None else keep[idx], True, how, part, dest)
+
+
+def _prefetched(snap: _Snapshot, blocks: list[Any]) -> Iterator[list[np.ndarray]]:
+    """The columns of each block in turn; a block at rest is decoded on a second thread while the one
+    before is aggregated (the decoder lets go of the GIL), and at most two are held at once."""
+    if not any(isinstance(b[0], _ColdChunk) for b in blocks):
+        for chunk, r0, r1, _ in blocks:
+            yield _block_columns(chunk, snap, r0, r1)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-read") as pool:
+        ahead = None
+        for i, (chunk, r0, r1, _) in enumerate(blocks):
+            current = ahead.result() if ahead is not None else _block_columns(chunk, snap, r0, r1)
+            ahead = None
+            if i + 1 < len(blocks):
+                nxt = blocks[i + 1]
+                ahead = pool.submit(_block_columns, nxt[0], snap, nxt[1], nxt[2])
+            yield current
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -651,10 +808,11 @@ def _by_step(snap: _Snapshot, part: _Partial, max_points: int) -> SliceCurve:
 class SampleSignals:
     """All of a run's per-sample signal histories, one `SignalStore` per (split, signal)."""
 
-    def __init__(self, chunk_max: int = CHUNK_MAX) -> None:
+    def __init__(self, chunk_max: int = CHUNK_MAX, on_full: Callable[[], object] | None = None) -> None:
         self._lock = threading.Lock()
         self._stores: dict[tuple[str, str], SignalStore] = {}
         self._chunk_max = chunk_max
+        self._on_full = on_full  # given to every store: a chunk filled (the compactor may move it to disk)
 
     def store(self, split: str, signal: str) -> SignalStore:
         """The store of (split, signal), created on first use."""
@@ -662,6 +820,7 @@ class SampleSignals:
             store = self._stores.get((split, signal))
             if store is None:
                 store = self._stores[(split, signal)] = SignalStore(split, signal, self._chunk_max)
+                store.on_full = self._on_full
             return store
 
     def get(self, split: str, signal: str) -> SignalStore | None:
@@ -680,8 +839,14 @@ class SampleSignals:
         stores = {(img.split, img.signal): SignalStore.from_image(img, self._chunk_max) for img in images}
         if len(stores) != len(images):
             raise ValueError("two store images of one (split, signal)")
+        for store in stores.values():
+            store.on_full = self._on_full
         with self._lock:
             self._stores = stores
+
+    def stores(self) -> list[SignalStore]:
+        with self._lock:
+            return list(self._stores.values())
 
     def names(self) -> list[tuple[str, str]]:
         """(split, signal) of every store, in creation order."""

@@ -5,6 +5,8 @@
                                            the scalar state, each array's place, dtype, shape and crc32
                           state.bin        table columns, preview offsets, curves, store indexes, back to back
                           sNNNN-cNNNNNN.bin  chunk NNNNNN of store NNNN: its used ids, values [, instance indexes]
+                                           (a chunk at rest is named instead: its Parquet file under
+                                           <run>/history/, parquet_history.py, which never changes)
 
 A snapshot is the state the records of `signals.log[:end]` and `previews.log[:end]` built, nothing else:
 the user's edits (denied, tags, journaled hyperparameters) are always replayed from `edits.journal`. It is
@@ -36,11 +38,14 @@ import numpy as np
 import structlog
 
 from weightslabd.store.history import CurveImage
+from weightslabd.store.parquet_history import DIR as HISTORY_DIR
+from weightslabd.store.parquet_history import ColdPart
 from weightslabd.store.sample_signals import ChunkImage, StoreImage
 from weightslabd.store.samples import RECORD_COLUMNS, TableImage
 
 FORMAT = "weightslabd-snapshot"
-VERSION = 1
+VERSION = 2  # 2: chunks may be at rest in Parquet files; a version 1 snapshot is read as before
+_READABLE = (1, 2)
 DIR = "snapshot"
 CURRENT = "CURRENT"
 META = "meta"
@@ -177,11 +182,15 @@ def _write_into(folder: Path, cut: Cut, previous: Written | None,
     for i, store in enumerate(cut.stores):
         chunks = []
         for j, chunk in enumerate(store.chunks):
+            if chunk.part is not None:
+                chunks.append({"parquet": chunk.part.path.relative_to(root.parent).as_posix(),
+                               "first_record": chunk.first_record, "offset": chunk.offset, "used": chunk.used})
+                continue
             entry: dict[str, Any] = {"file": f"s{i:04d}-c{j:06d}.bin", "capacity": chunk.capacity,
                                      "first_record": chunk.first_record, "offset": chunk.offset, "used": chunk.used,
                                      "instances": chunk.instances is not None}
             old = before.get((store.split, store.signal, j)) if previous is not None else None
-            same = old is not None and all(old[k] == entry[k] for k in
+            same = old is not None and "file" in old and all(old[k] == entry[k] for k in
                                            ("capacity", "first_record", "offset", "used", "instances"))
             if same and old is not None and previous is not None and _link(root / previous.name / old["file"],
                                                                            folder / entry["file"]):
@@ -328,7 +337,7 @@ def load(root: Path) -> Loaded | None:
     if not name or "/" in name or name.startswith("."):
         raise SnapshotError(f"{CURRENT} names no snapshot ({name!r})")
     meta = _read_meta(folder / META)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    if meta.get("format") != FORMAT or meta.get("version") not in _READABLE:
         raise SnapshotError(f"format {meta.get('format')!r} version {meta.get('version')!r} is not "
                             f"{FORMAT!r} version {VERSION}")
     arrays = _ArrayReader(folder / STATE, int(meta["state_bytes"]), meta["arrays"])
@@ -344,7 +353,8 @@ def load(root: Path) -> Loaded | None:
               for i, (c_name, last) in enumerate(meta["history"]["curves"])]
     stores = []
     for i, s in enumerate(meta["stores"]):
-        chunks = [_read_chunk(folder / str(c["file"]), c) for c in s["chunks"]]
+        chunks = [_cold_chunk(root.parent, c) if "parquet" in c else _read_chunk(folder / str(c["file"]), c)
+                  for c in s["chunks"]]
         stores.append(StoreImage(str(s["split"]), str(s["signal"]), int(s["records"]), int(s["values"]),
                                  arrays.get(f"s{i}.steps"), arrays.get(f"s{i}.starts"), arrays.get(f"s{i}.flags"),
                                  bool(s["sorted_steps"]), int(s["max_id"]), bool(s["any_instances"]),
@@ -420,6 +430,19 @@ def _read_chunk(path: Path, entry: dict[str, Any]) -> ChunkImage:
     if crc != int(entry["crc32"]):
         raise SnapshotError(f"{path.name}: checksum mismatch")
     return ChunkImage(capacity, int(entry["first_record"]), int(entry["offset"]), used, ids, values, instances)
+
+
+def _cold_chunk(run_folder: Path, entry: dict[str, Any]) -> ChunkImage:
+    """A chunk at rest: its file's footer only (the values stay on disk), checked to be that chunk."""
+    rel = Path(str(entry["parquet"]))
+    if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != (HISTORY_DIR,):
+        raise SnapshotError(f"chunk file {str(rel)!r} is not under {HISTORY_DIR}/")
+    part = ColdPart(run_folder / rel)
+    used, first, offset = int(entry["used"]), int(entry["first_record"]), int(entry["offset"])
+    if (part.used, part.first_record, part.offset) != (used, first, offset):
+        raise SnapshotError(f"{rel.name} does not hold the chunk the snapshot names")
+    empty_i, empty_f = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
+    return ChunkImage(used, first, offset, used, empty_i, empty_f, None, part)
 
 
 def _read_exact(f: Any, view: memoryview) -> None:

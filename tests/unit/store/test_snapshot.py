@@ -116,11 +116,8 @@ def state_of(run: Run) -> dict[str, Any]:
         out[f"table {name}"] = (t.task_type, {k: raw(v) for k, v in t.signals.items()}, raw(t.encounters),
                                 raw(t.label), raw(t.prediction), raw(t.last_step), raw(t.denied),
                                 {k: raw(m) for k, m in t.tag_masks.items()})
-    for split in list(run.preview_offsets):
-        offsets = run._offsets_of(split)
-        assert offsets is not None
-        out[f"previews {split}"] = raw(offsets)
-        out[f"preview arrays {split}"] = [raw(run.preview_array(split, i)) for i in range(len(offsets))]
+    for split, held in run.preview_store.masks().items():  # previews at rest: not in snapshots, read alike
+        out[f"preview arrays {split}"] = [raw(run.preview_array(split, i)) for i in range(len(held))]
     h = run.history
     out["history"] = (h.version, h.names(), h.latest(), [points(h.read(n)) for n in h.names()],
                       [points(h.read(n, 1, 3)) for n in h.names()], [h.curves[n].last_append for n in h.names()])
@@ -266,7 +263,8 @@ def crash(run: Run) -> None:
     run._closed = True
     run._periodic.stop()
     run.preview_cache.stop()
-    for framed in (run.signals, run.previews, run.journal):
+    run.preview_store.close(timeout=0)
+    for framed in (run.signals, run.journal):
         framed.close()
 
 
@@ -505,7 +503,7 @@ def test_leftovers_of_a_crash_mid_write_are_removed_at_open(folder: Path) -> Non
 
 
 def test_full_chunks_are_linked_not_written_again(folder: Path) -> None:
-    run = new_run(folder, splits={"train": 4096})
+    run = new_run(folder, RunOptions(save_predictions_h5=False, compact_history=False), splits={"train": 4096})
     feed = Feed(run)
     batch = list(range(256))
     for step in range(300):  # 256 records fill the first 64 Ki-value chunk
