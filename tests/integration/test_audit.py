@@ -30,9 +30,9 @@ def interact(daemon: Daemon) -> None:
         stub.GetDataSplits(pb.Empty(), metadata=(("x-api-key", "not-a-token"),), timeout=5)
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
     agent = pb_grpc.ExperimentServiceStub(grpc.insecure_channel(daemon.address))
-    with pytest.raises(grpc.RpcError):
-        agent.InitializeAgent(pb.InitializeAgentRequest(api_key="sk-very-secret", model="m"), metadata=good,
-                              timeout=5)
+    refused = agent.InitializeAgent(pb.InitializeAgentRequest(api_key="sk-very-secret", model="m",
+                                                              provider=pb.PROVIDER_OPENCODE), metadata=good, timeout=5)
+    assert not refused.success and "sk-very-secret" not in refused.message  # an unsupported provider: no network
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "none"])
@@ -59,7 +59,7 @@ def test_audit_log_records_each_interaction_in_the_chosen_format(env: dict[str, 
     by_action = [(e["action"].rsplit("/", 1)[1], e["credential"], e["outcome"]) for e in lines]
     assert by_action == [("GetDataSplits", "token#2", "OK"), ("ExperimentCommand", "token#2", "REFUSED"),
                          ("GetDataSplits", "invalid", "UNAUTHENTICATED"),
-                         ("InitializeAgent", "token#2", "UNIMPLEMENTED")]
+                         ("InitializeAgent", "token#2", "REFUSED")]
     assert all(e["peer"].startswith("ipv4:127.0.0.1:") and e["time"].endswith("+00:00") for e in lines)
     assert "learning_rate: nan" in lines[1]["request"] and "learning_rate" in lines[1]["detail"]
     assert 'api_key: "****"' in lines[3]["request"]

@@ -39,6 +39,7 @@ SCALAR_STATS = ("label", "prediction", "encounters", "last_step")
 class ClientView:
     view: View = field(default_factory=View)
     rows: np.ndarray | None = None  # None: every row, in table order
+    limit: int | None = None  # only the view's first rows (the agent's "the 50 highest-loss samples")
     edits_version: int = -1
     size: int = -1
     seen: float = field(default_factory=time.monotonic)
@@ -70,38 +71,59 @@ def current_rows(run: Run, client: ClientView, frame: SampleFrame, *, refresh: b
     """The client's rows, re-evaluated when asked or when an edit or a new split changed the table."""
     stale = client.edits_version != run.edits_version or client.size != len(frame)
     if client.rows is None or stale or refresh:
-        client.rows = client.view.rows(frame)
+        client.rows = client.view.rows(frame)[:client.limit]
         client.edits_version, client.size = run.edits_version, len(frame)
     return client.rows
 
 
 def apply_query(run: Run, client: ClientView, request: Any, lock_timeout: float) -> Any:
-    """ApplyDataQuery: change the client's view (or only count it, for an empty query)."""
+    """ApplyDataQuery with a structured query (natural language goes to the agent first).
+
+    An empty query is what the Studio sends when a page loads: the client starts from the full table,
+    so a new browser context (same address and User-Agent, hence the same view key) never inherits an
+    old page's filter or sort."""
     text = request.query.strip()
-    message = ""
-    success = True
+    if request.is_natural_language and text:
+        return counted(run, client, lock_timeout, success=False, message=NATURAL_LANGUAGE_OFF)
+    return apply_text(run, client, text or "reset", bool(request.accumulate), lock_timeout)
+
+
+def apply_text(run: Run, client: ClientView, text: str, accumulate: bool, lock_timeout: float,
+               limit: int | None = None) -> Any:
+    """Fold one structured query into the client's view and count it; a bad query changes nothing.
+    `limit` keeps the view's first rows only (any later query lifts it)."""
     with run.holding(lock_timeout):
         frame = run.samples.frame()
-        if request.is_natural_language and text:
-            success, message = False, NATURAL_LANGUAGE_OFF
-        elif text:
-            try:
-                new_view = client.view.apply(parse(text), bool(request.accumulate))
-                rows = new_view.rows(frame)  # an unknown column fails here, before the view changes
-            except QueryError as exc:
-                success, message = False, f"query not applied: {exc}"
-            else:
-                client.view, client.rows = new_view, rows
-                client.edits_version, client.size = run.edits_version, len(frame)
-                message = f"{len(rows)} samples: {new_view.describe() or 'all samples'}"
-        rows = current_rows(run, client, frame, refresh=not text)
-        denied = frame.column("deny_listed")[rows]
-        unique_tags = run.samples.unique_tags()
-    discarded = int(denied.sum())
+        try:
+            new_view = client.view.apply(parse(text), accumulate)
+            rows = new_view.rows(frame)[:limit]  # an unknown column fails here, before the view changes
+        except QueryError as exc:
+            success, message = False, f"query not applied: {exc}"
+        else:
+            client.view, client.rows, client.limit = new_view, rows, limit
+            client.edits_version, client.size = run.edits_version, len(frame)
+            shown = new_view.describe() or "all samples"
+            success, message = True, f"{len(rows)} samples: {shown}" + (f", first {limit}" if limit else "")
+        return _counts(run, client, frame, success, message)
+
+
+def counted(run: Run, client: ClientView, lock_timeout: float, *, success: bool, message: str,
+            intent: Any = None) -> Any:
+    """The client's counts with a reply that changed no view (a refusal, an edit, an analysis)."""
+    with run.holding(lock_timeout):
+        return _counts(run, client, run.samples.frame(), success, message, intent)
+
+
+def _counts(run: Run, client: ClientView, frame: SampleFrame, success: bool, message: str,
+            intent: Any = None) -> Any:
+    rows = current_rows(run, client, frame)
+    discarded = int(frame.column("deny_listed")[rows].sum())
+    if intent is None:
+        intent = pb.INTENT_FILTER if success else pb.INTENT_UNKNOWN
     return pb.DataQueryResponse(
         success=success, message=message, number_of_all_samples=len(rows),
         number_of_samples_in_the_loop=len(rows) - discarded, number_of_discarded_samples=discarded,
-        unique_tags=unique_tags, agent_intent_type=pb.INTENT_FILTER if success and text else pb.INTENT_UNKNOWN)
+        unique_tags=run.samples.unique_tags(), agent_intent_type=intent)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 import numpy as np
 
 MAX_QUERY_CHARS = 10_000  # a Studio query is one line; this bounds parse time and memory
+NATURAL_ORDER = "index"  # a column every frame has unless it names one itself: the row's position in the table
 MAX_DEPTH = 100  # nesting of parentheses and `not`: keeps recursion far from Python's limit
 _MAX_FIXED_WIDTH_BYTES = 256 << 20  # larger text columns stay variable-width (one long string must not cost GBs)
 _STRING_DTYPE: Any = getattr(getattr(np, "dtypes", None), "StringDType", None)  # numpy >= 2 only
@@ -332,12 +333,18 @@ class _Token(NamedTuple):
     kind: str  # num, word, str, name, op, punct, end
     text: str  # as written, except str and name: unquoted and unescaped
     pos: int  # 0-based offset in the query text
+    end: int = -1  # offset just past the token (sort keys are cut from the text with it)
+
+
+_SORT_WORDS = frozenset({"sortby", "sort_by", "orderby", "order_by"})
+_SORT_CHUNK = re.compile(r"[^\s,`]+")  # after a sort keyword: any run of characters a stat name may hold
 
 
 def _lex(text: str) -> list[_Token]:
     tokens: list[_Token] = []
     pos, n = 0, len(text)
     tag_mode = False  # right after has_tag / not_has_tag (and its '('): a bare word is a tag name
+    sort_mode = False  # after `sortby` (or `sort by`): the Studio sends stat names as they are, spaces and all
     while True:
         pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]  # \s* always matches
         if pos >= n:
@@ -346,8 +353,14 @@ def _lex(text: str) -> list[_Token]:
         if tag_mode and text[pos] not in "()'\"`,":
             m = _TAG_WORD.match(text, pos)
             assert m is not None  # the character is not one _TAG_WORD excludes
-            tokens.append(_Token("str", m.group(), pos))
+            tokens.append(_Token("str", m.group(), pos, m.end()))
             pos, tag_mode = m.end(), False
+            continue
+        if sort_mode and text[pos] not in ",`":
+            m = _SORT_CHUNK.match(text, pos)
+            assert m is not None  # the character is not one _SORT_CHUNK excludes
+            tokens.append(_Token("word", m.group(), pos, m.end()))
+            pos = m.end()
             continue
         m = _TOKEN.match(text, pos)
         if m is None:
@@ -362,7 +375,11 @@ def _lex(text: str) -> list[_Token]:
             raw = _ESCAPE.sub(r"\1", raw[1:-1])
             if kind == "name" and not raw:
                 raise _error(text, pos, "empty column name ``")
-        tokens.append(_Token(kind, raw, pos))
+        tokens.append(_Token(kind, raw, pos, m.end()))
+        if kind == "word" and (raw.lower() in _SORT_WORDS or (
+                raw.lower() == "by" and len(tokens) > 1 and tokens[-2].kind == "word"
+                and tokens[-2].text.lower() in ("sort", "order"))):
+            sort_mode = True
         if kind == "word" and raw.lower() in ("has_tag", "not_has_tag"):
             tag_mode = True
         elif not (tag_mode and raw == "("):
@@ -521,6 +538,23 @@ class _Parser:
             return tok.text
         raise self.fail(message + _found(tok))
 
+    def sort_column(self) -> str:
+        """A sort key's column: a backquoted name, or the words up to its direction, `,` or the end, as
+        written (`sortby my loss desc` sorts by `my loss`)."""
+        first = self.peek()
+        if first.kind == "name":
+            self.take()
+            return first.text
+        if first.kind != "word" or self.is_word(first, "asc", "ascending", "desc", "descending"):
+            raise self.fail("expected a column to sort by" + _found(first))
+        last = first
+        while True:
+            self.take()
+            tok = self.peek()
+            if tok.kind != "word" or self.is_word(tok, "asc", "ascending", "desc", "descending"):
+                return self.text[first.pos:last.end]
+            last = tok
+
     def value(self, after: str) -> Value:
         tok = self.peek()
         if tok.kind == "num":
@@ -549,7 +583,7 @@ class _Parser:
             self.take()  # the 'by' that at_sort() saw
         keys = []
         while True:
-            column = self.column("expected a column to sort by")
+            column = self.sort_column()
             descending = False
             if self.is_word(self.peek(), "asc", "ascending", "desc", "descending"):
                 descending = self.take().text.lower().startswith("desc")
@@ -633,6 +667,8 @@ class _Context:
                 return self.frame.column(folded[0])
             except KeyError:
                 pass
+        if name.lower() == NATURAL_ORDER and not folded:  # the Studio's "clear sort" sends `sortby index asc`
+            return np.arange(self.n, dtype=np.int64)
         shown = ", ".join(known[:20]) + (", …" if len(known) > 20 else "")
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
