@@ -1,0 +1,194 @@
+"""torchrun jobs: who this process is in its job, its share of each epoch, and edits taken in step.
+
+Sharding follows `DistributedSampler`: one order per epoch, the same on every rank (seeded by seed +
+epoch), rank r drawing the positions r, r + W, r + 2W... of it. It stays deny-aware: each global batch
+is the next `batch_size * W` samples of the order that are not denied (read live), so a discard leaves
+whichever rank would have drawn the sample, and the last global batch is padded with repeated ids to a
+multiple of W (or dropped with drop_last). Every rank therefore draws the same number of batches, as
+long as every rank holds the same deny mask and batch size at each step boundary: `StepSync` sees to
+that, by applying every command at the same step on every rank.
+
+`StepSync`: rank 0 alone takes commands from the daemon. At each step boundary it broadcasts, through
+the job's own process group (gloo), the commands it has; every rank applies them before the step. A
+pause holds every rank at that boundary; while paused the ranks meet once per tick, briefly, so none
+waits inside a collective for long, and the resume reaches all of them at the same tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .data import DenyAwareBatchSampler
+
+PAUSE_TICK = 0.05  # seconds between the ranks' meetings while paused
+
+
+def job_of(env: Mapping[str, str]) -> str | None:
+    """The job this process is a rank of, the same for every rank on this node; None outside torchrun.
+    torchrun sets TORCHELASTIC_RUN_ID ("none" without a rendezvous id); the rendezvous address and the
+    agent process (every local rank's parent, kept across elastic restarts) tell jobs apart otherwise."""
+    if not all(env.get(k, "").strip() for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        return None
+    run = env.get("TORCHELASTIC_RUN_ID", "").strip()
+    master = f"{env.get('MASTER_ADDR', '').strip()}:{env.get('MASTER_PORT', '').strip()}"
+    if (not run or run == "none") and master == ":":
+        return None
+    key = f"{run}|{master}|{socket.gethostname()}|{os.getppid()}"
+    return "job-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class ShardedBatchSampler(DenyAwareBatchSampler):
+    """Deny-aware batches of this rank's share of each epoch (see the module docstring)."""
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool = False, seed: int = 0, *,
+                 rank: int, world_size: int) -> None:
+        super().__init__(size, batch_size, shuffle, drop_last, seed)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size}")
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """As DistributedSampler's: the next epoch's order is seeded by seed + epoch."""
+        self.epoch = epoch
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng(self.seed + epoch).permutation(self.size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = 0
+        if self.resume_at is not None:
+            order, start = self.resume_at
+            self.resume_at = None
+        else:
+            order = self.epoch_order(self.epoch)
+        self.epoch += 1  # the next epoch, unless set_epoch says otherwise
+        self.order, self.marks = order, []
+        pos = start
+        while True:
+            want = self.batch_size * self.world_size  # read live: a batch-size edit applies to the next batch
+            taken, pos = _next_active(order, self.denied, pos, want)
+            if taken.size == 0 or (taken.size < want and self.drop_last):
+                return
+            if taken.size < want:  # the epoch's last global batch: pad to a multiple of the world size
+                taken = _padded(taken, order, self.denied, self.world_size)
+            self.marks.append(pos)
+            yield taken[self.rank::self.world_size].tolist()
+            if pos >= order.size:
+                return
+
+    def __len__(self) -> int:
+        active = self.size - int(self.denied.sum())
+        per_batch = self.batch_size * self.world_size
+        return active // per_batch if self.drop_last else -(-active // per_batch)
+
+
+def _next_active(order: np.ndarray, denied: np.ndarray, pos: int, want: int) -> tuple[np.ndarray, int]:
+    """The next `want` ids of `order` from `pos` that are not denied, and the position after the last."""
+    window = max(want * 2, 64)
+    while True:
+        part = order[pos:pos + window]
+        keep = np.flatnonzero(~denied[part])
+        if keep.size >= want:
+            return part[keep[:want]], pos + int(keep[want - 1]) + 1
+        if pos + window >= order.size:
+            return part[keep], order.size
+        window *= 4
+
+
+def _padded(taken: np.ndarray, order: np.ndarray, denied: np.ndarray, world: int) -> np.ndarray:
+    """`taken` grown to a multiple of `world` with ids repeated from the start of the epoch's order."""
+    short = -taken.size % world
+    if short == 0:
+        return taken
+    active = order[~denied[order]]
+    return np.concatenate([taken, np.resize(active, short)])
+
+
+class StepSync:
+    """Commands taken at the same step boundary on every rank (see the module docstring)."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        self._group: Any = None
+        self._dist: Any = None
+        self.exchanges = 0
+        self.seconds = 0.0  # spent in exchanges, for bench/ddp.py
+
+    def ready(self) -> bool:
+        """Whether the job's process group is up (until it is, each rank applies what it gets alone)."""
+        if self._group is not None:
+            return True
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return False
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+        # A collective every rank reaches at its first step boundary after init, in the same order.
+        self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        self._dist = dist
+        return True
+
+    def exchange(self, take: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Rank 0's commands (what `take` gives there), on every rank. One small broadcast when there
+        are none; two (length, then bytes) when there are."""
+        import torch
+
+        dist = self._dist
+        self.exchanges += 1
+        began = time.perf_counter()
+        payload = b""
+        if self.rank == 0:
+            cmds = take()
+            payload = json.dumps(cmds, separators=(",", ":"), default=str).encode() if cmds else b""
+        head = torch.tensor([len(payload)], dtype=torch.int64)
+        dist.broadcast(head, src=0, group=self._group)
+        n = int(head.item())
+        if n == 0:
+            self.seconds += time.perf_counter() - began
+            return []
+        buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if self.rank == 0 else torch.empty(
+            n, dtype=torch.uint8)
+        dist.broadcast(buf, src=0, group=self._group)
+        self.seconds += time.perf_counter() - began
+        if self.rank == 0:
+            return list(json.loads(payload))
+        return list(json.loads(bytes(buf.numpy())))
+
+    def boundary(self, s: Any) -> None:
+        """One step boundary of session `s` on this rank: the job's commands applied, pauses held, in step
+        with every other rank. Rank 0's acks report each command (the others' repeat them, harmlessly)."""
+        while True:
+            cmds = self.exchange(lambda: _drain(s))
+            with s._cond:
+                for cmd in cmds:
+                    s._apply(cmd)
+            if s.step >= s.wake_at and not s._closed:  # an evaluation pass, on every rank alike
+                s.evaluation.at_boundary()
+                continue
+            if not s.paused or s._closed:
+                return
+            with s._cond:
+                waited = time.monotonic()
+                if not s.inbox:
+                    s._cond.wait(PAUSE_TICK)  # rank 0 wakes at once on a command; the others meet it then
+                s.paused_seconds += time.monotonic() - waited
+
+
+def _drain(s: Any) -> list[dict[str, Any]]:
+    with s._cond:
+        cmds = list(s.inbox)
+        s.inbox.clear()
+    return cmds

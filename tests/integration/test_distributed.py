@@ -1,0 +1,154 @@
+"""A torchrun job (2 ranks, gloo, CPU) is one run: every edit lands at the same step on both ranks, the
+sharded loader draws every id once per epoch across ranks, and the Studio's counts and curves cover both."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from weightslabd.proto import experiment_service_pb2 as pb
+
+from .harness import Daemon, history, hparams, set_hparams, wait_for
+from .test_edits import deny
+
+DDP_TRAINER = Path(__file__).resolve().parent / "ddp_trainer.py"
+WORLD = 2
+
+
+def applied(reply: Any) -> int:
+    assert reply.success and reply.message.startswith("applied at step"), reply
+    return int(reply.message.rsplit(" ", 1)[1])
+
+
+def rank_log(tmp: Path, rank: int) -> list[dict[str, Any]]:
+    path = tmp / f"rank{rank}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def loss_steps(stub: Any) -> list[int]:
+    return [p.model_age for p in history(stub) if p.metric_name == "loss"]
+
+
+def start_job(env: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
+    """The 2-rank job; it stops at the first step boundary after tmp/stop exists."""
+    with open(tmp / "torchrun.out", "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 f"--nproc_per_node={WORLD}", str(DDP_TRAINER), "--log-dir", str(tmp),
+                                 "--until", str(tmp / "stop"), "--step-sleep", "0.005"],
+                                env={**env, "WEIGHTSLAB_RUN_NAME": "ddp"}, stdout=out, stderr=subprocess.STDOUT)
+
+
+def end(proc: subprocess.Popen[bytes], tmp: Path) -> None:
+    """Kill the job's agent and ranks (each in a session of its own) if a failed test left them running."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid_file in tmp.glob("rank*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+@pytest.mark.timeout(90)
+def test_a_torchrun_job_is_one_run_and_edits_land_on_every_rank_at_the_same_step(
+        daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    proc = start_job(env, tmp_path)
+    try:
+        stub = daemon.stub()
+        wait_for(lambda: len(loss_steps(stub)) > 12, 40, "the job's first epochs")  # an epoch is 5 steps
+        runs = stub.ListExperimentRuns(pb.ListExperimentRunsRequest(), timeout=5)
+        assert len(runs.runs) == 1, runs  # both ranks attached to one run
+        lr_at = applied(set_hparams(stub, learning_rate=0.05))
+        bs_at = applied(set_hparams(stub, batch_size=3))
+        gone = [0, 1, 2, 3, 4]  # 35 left: the last batch of an epoch is padded
+        deny_at = applied(deny(stub, gone))
+        wait_for(lambda: max(loss_steps(stub)) > deny_at + 3, 20, "steps after the edits")
+        pause_at = applied(set_hparams(stub, is_training=False))
+        wait_for(lambda: all(rank_log(tmp_path, r)[-1]["step"] == pause_at - 1 for r in range(WORLD)), 10,
+                 "both ranks held at the paused boundary")
+        held_since = time.time()
+        wait_for(lambda: hparams(stub).get("is_training") == "false", 5, "the paused state to show")
+        assert all(rank_log(tmp_path, r)[-1]["step"] == pause_at - 1 for r in range(WORLD))
+        assert applied(set_hparams(stub, is_training=True)) == pause_at  # the held boundary woke up
+        wait_for(lambda: max(loss_steps(stub)) > pause_at + 14, 20, "two epochs after the resume")
+        stop.touch()
+        assert proc.wait(30) == 0, (tmp_path / "torchrun.out").read_text()  # nobody left in a collective
+    finally:
+        end(proc, tmp_path)
+
+    logs = [rank_log(tmp_path, r) for r in range(WORLD)]
+    steps = [d["step"] for d in logs[0]]
+    assert steps == list(range(len(steps))) and steps == [d["step"] for d in logs[1]]  # same steps on both ranks
+    for log in logs:
+        at = {d["step"]: d for d in log}
+        assert all(at[s]["lr"] == pytest.approx(0.01 if s < lr_at else 0.05) for s in steps), "lr not at its step"
+        assert all(at[s]["bs"] == 4 for s in steps if s < bs_at) and all(at[s]["bs"] <= 3 for s in steps
+                                                                         if s >= bs_at)
+        assert not any(set(gone) & set(at[s]["ids"]) for s in steps if s >= deny_at), "a discard missed a rank"
+        assert at[pause_at]["began"] > held_since  # neither rank began a step (its collectives) while paused
+    assert [d["bs"] for d in logs[0]] == [d["bs"] for d in logs[1]]
+
+    # Every id once per epoch across ranks (plus < WORLD repeats padding the last batch), equal batch counts.
+    epochs = sorted({d["epoch"] for d in logs[0]})
+    assert len(epochs) >= 6
+    for epoch in epochs[:-1]:  # the last may be cut short by the stop
+        rows = [[d for d in log if d["epoch"] == epoch] for log in logs]
+        assert len(rows[0]) == len(rows[1]), f"epoch {epoch}: batch counts differ"
+        first, last = rows[0][0]["step"], rows[0][-1]["step"]
+        drawn = Counter(i for r in rows for d in r for i in d["ids"])
+        out_at_end = set(gone) if last >= deny_at else set()
+        assert set(range(40)) - out_at_end <= set(drawn), f"epoch {epoch}: ids not drawn"
+        if first >= deny_at:
+            assert not set(gone) & set(drawn)
+        assert sum(drawn.values()) - len(drawn) < WORLD, f"epoch {epoch}: ids drawn twice"
+
+    # The Studio: one curve point per step, the mean over both ranks; every sample's counts from both.
+    points = {p.model_age: p.metric_value for p in history(stub) if p.metric_name == "loss"}
+    assert sorted(points) == steps
+    for s in steps:
+        values = [v for log in logs for v in log[s]["losses"]]
+        assert points[s] == pytest.approx(sum(values) / len(values), rel=1e-4), f"step {s}"
+    records = stub.GetDataSamples(pb.DataSamplesRequest(start_index=0, records_cnt=40), timeout=10).data_records
+    encounters = {r.sample_id: next(s.value[0] for s in r.data_stats if s.name == "encounters") for r in records}
+    expected = Counter(i for log in logs for d in log for i in set(d["ids"]))
+    assert encounters == {i: expected.get(i, 0) for i in range(40)}
+
+
+@pytest.mark.timeout(90)
+def test_the_ranks_train_on_through_a_daemon_restart_and_reattach_to_their_run(
+        daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
+    proc = start_job(env, tmp_path)
+    try:
+        stub = daemon.stub()
+        wait_for(lambda: len(loss_steps(stub)) > 5, 40, "the job's first steps")
+        daemon.kill(signal.SIGKILL)
+        at_kill = [len(rank_log(tmp_path, r)) for r in range(WORLD)]
+        wait_for(lambda: all(len(rank_log(tmp_path, r)) > at_kill[r] + 5 for r in range(WORLD)), 20,
+                 "both ranks stepping with no daemon")
+        daemon.start()
+        stub = daemon.stub()
+        wait_for(lambda: len(stub.ListExperimentRuns(pb.ListExperimentRunsRequest(), timeout=5).runs) == 1
+                 and len(loss_steps(stub)) > max(at_kill) + 5, 20,
+                 "both ranks back in their one run")
+        (tmp_path / "stop").touch()
+        assert proc.wait(30) == 0, (tmp_path / "torchrun.out").read_text()
+    finally:
+        end(proc, tmp_path)
+    steps = [d["step"] for d in rank_log(tmp_path, 0)]
+    assert steps == [d["step"] for d in rank_log(tmp_path, 1)]
+    wait_for(lambda: sorted(set(loss_steps(stub))) == steps, 10, "every step of both rings drained")
+    runs = stub.ListExperimentRuns(pb.ListExperimentRunsRequest(), timeout=5).runs
+    assert len(runs) == 1, runs

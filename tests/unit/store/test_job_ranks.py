@@ -1,0 +1,63 @@
+"""A torchrun job's run: each rank's records in a lane of their own, curves the mean over ranks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from weightslab_shim import records
+from weightslab_shim.records import SEP
+from weightslab_shim.ring import RecordType
+from weightslabd.ipc.jobs import job_and_rank
+from weightslabd.store.ranks import HELD_STEPS, RankMerge, lane
+from weightslabd.store.run import Run
+
+
+def _step(ids: list[int], losses: list[float]) -> memoryview:
+    return memoryview(records.encode([(f"ids{SEP}train{SEP}loss{SEP}0", np.asarray(ids, dtype=np.int64)),
+                                      (f"sig{SEP}train{SEP}loss{SEP}0", np.asarray(losses, dtype=np.float32))]))
+
+
+def _curve(run: Run) -> dict[int, tuple[float, float, float]]:
+    c = run.history.curves["loss"]
+    return {int(s): (v, lo, hi) for s, v, lo, hi in zip(c.steps, c.values, c.vmin, c.vmax, strict=True)}
+
+
+def test_ranks_records_share_one_run_with_curves_merged_over_ranks(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "r", {"run_id": "r", "splits": {"train": 8}, "job": "job-" + "0" * 16,
+                                      "world_size": 2})
+    rank1 = 1 << 48  # rank 1's lane
+    assert lane(rank1 + 5) == 1 and lane(5) == 0
+    assert run.apply_record(RecordType.STEP, 0, _step([0, 1], [1.0, 3.0]), 0)
+    assert "loss" not in run.history.curves  # held until rank 1 reports step 0
+    assert run.apply_record(RecordType.STEP, 0, _step([2, 3], [5.0, 7.0]), rank1)
+    assert run.apply_record(RecordType.STEP, 1, _step([4, 5], [1.0, 1.0]), rank1 + 10)
+    assert not run.apply_record(RecordType.STEP, 0, _step([2, 3], [5.0, 7.0]), rank1)  # a re-read: per lane
+    assert run.apply_record(RecordType.STEP, 1, _step([6, 7], [3.0, 3.0]), 10)  # rank 0, behind rank 1: kept
+    assert _curve(run) == {0: (4.0, 1.0, 7.0), 1: (2.0, 1.0, 3.0)}
+    assert run.samples.get("train").encounters.tolist() == [1] * 8  # both ranks' samples in one table
+    run.close()
+
+
+def test_a_value_only_one_rank_logs_goes_out_once_every_rank_is_past_it() -> None:
+    merge = RankMerge(2)
+    assert merge.add("lr", 0, np.array([0.1]), 0) == []
+    assert merge.add("loss", 0, np.array([1.0]), 1) == []
+    assert merge.add("loss", 1, np.array([1.0]), 1) == []  # rank 0 is not past step 0 yet
+    out = merge.add("lr", 1, np.array([0.2]), 0)  # now it is: step 0 is complete without rank 0's loss
+    assert [(n, s, v.tolist()) for n, s, v in out] == [("lr", 0, [0.1]), ("loss", 0, [1.0])]
+    quiet = RankMerge(2)  # rank 1 never reports: the oldest steps go out after HELD_STEPS
+    for s in range(HELD_STEPS + 3):
+        out = quiet.add("loss", s, np.array([float(s)]), 0)
+    assert [s for _, s, _ in out] == [2]
+
+
+def test_job_fields_of_a_hello_are_checked() -> None:
+    assert job_and_rank({"rank": 0}) == (None, 0)
+    assert job_and_rank({"job": "job-" + "a" * 16, "rank": 1, "world_size": 2}) == ("job-" + "a" * 16, 1)
+    with pytest.raises(ValueError, match="is not one the shim makes"):
+        job_and_rank({"job": "../x", "rank": 0, "world_size": 2})
+    with pytest.raises(ValueError, match="is not a rank of a job"):
+        job_and_rank({"job": "job-" + "a" * 16, "rank": 2, "world_size": 2})
