@@ -53,7 +53,8 @@ def watch_or_edit(obj: Any, obj_name: str | None = None, flag: str | None = None
 
     flag: "hyperparameters" (a dict, edited in place), "data" (a dataset, returns a loader yielding
     (inputs, sample_ids, targets)), "model", "optimizer" (learning-rate edits go into its param groups),
-    "loss" / "metric" / "signal" (a callable; called with batch_ids= it records one value per sample).
+    "loss" / "metric" / "signal" (a callable; called with batch_ids= it records one value per sample),
+    "evaluation" (a callable run on each batch of an evaluation pass instead of model + losses).
     """
     s = session()
     kind = (flag or "").lower()
@@ -72,9 +73,16 @@ def watch_or_edit(obj: Any, obj_name: str | None = None, flag: str | None = None
         return obj
     if kind in ("loss", "metric", "signal"):
         name = kwargs.get("signal_name") or obj_name or getattr(obj, "__class__", type(obj)).__name__
-        return SignalFunction(obj, s, str(name))
-    raise ValueError(f"unknown flag {flag!r}: expected hyperparameters, data, model, optimizer, loss, metric "
-                     "or signal")
+        wrapped = SignalFunction(obj, s, str(name))
+        s.signal_functions.append(wrapped)
+        return wrapped
+    if kind == "evaluation":  # the script's own evaluation of one batch, fn(batch): docs/shim.md
+        if not callable(obj):
+            raise TypeError(f"an evaluation function must be callable, not {type(obj).__name__}")
+        s.evaluation.function = obj
+        return obj
+    raise ValueError(f"unknown flag {flag!r}: expected hyperparameters, data, model, optimizer, loss, metric, "
+                     "signal or evaluation")
 
 
 def _loader_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

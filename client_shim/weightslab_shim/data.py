@@ -24,19 +24,32 @@ class DenyAwareBatchSampler:
         self.drop_last = drop_last
         self.denied = np.zeros(size, dtype=bool)
         self._rng = np.random.default_rng(seed)
+        # Where an epoch stands, for checkpoints (checkpoints.py): its order, and after each batch handed
+        # out, the position in that order that follows it. `resume_at` makes the next epoch continue one.
+        self.order: np.ndarray | None = None
+        self.marks: list[int] = []
+        self.resume_at: tuple[np.ndarray, int] | None = None
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = self._rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        start = 0
+        if self.resume_at is not None:
+            order, start = self.resume_at
+            self.resume_at = None
+        else:
+            order = self._rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        self.order, self.marks = order, []
         batch: list[int] = []
         denied = self.denied
-        for i in order.tolist():
+        for pos, i in enumerate(order[start:].tolist(), start + 1):
             if denied[i]:
                 continue
             batch.append(i)
             if len(batch) >= self.batch_size:  # read live: a batch-size edit applies to the next batch
+                self.marks.append(pos)
                 yield batch
                 batch = []
         if batch and not self.drop_last:
+            self.marks.append(len(order))
             yield batch
 
     def __len__(self) -> int:
@@ -100,8 +113,14 @@ class WatchedLoader:
         self.split = loader_name or ("train" if is_training else f"split{len(session.loaders)}")
         self.is_training = is_training
         self.sampler = DenyAwareBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed)
+        if getattr(session, "world_size", 1) > 1:  # a torchrun job: this rank's share (distributed.py)
+            from .distributed import ShardedBatchSampler
+
+            self.sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed,
+                                               rank=session.rank, world_size=session.world_size)
         self._session = session
         self._iter: Iterator[Any] | None = None
+        self.taken = 0
         torch = sys.modules.get("torch")
         self._loader: Any
         if torch is not None:
@@ -137,12 +156,19 @@ class WatchedLoader:
         return len(self.sampler)
 
     def _epoch(self) -> Iterator[Any]:
+        """A new epoch's batches: the underlying iterator is made now (a torch DataLoader draws its base
+        seed here), the sampler's order on the first batch."""
+        self.taken = 0  # batches handed out this epoch (checkpoints read the sampler's mark of the last)
         if self._loader is not None:
             batches: Iterator[Any] = iter(self._loader)
         else:
             indexed = _Indexed(self.dataset)
             batches = (_stack([indexed[i] for i in b]) for b in self.sampler)
+        return self._walk(batches)
+
+    def _walk(self, batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
+            self.taken += 1
             batch = self._without_denied(batch)  # worker processes built it before a later discard
             inputs, ids, targets = batch[0], batch[1], batch[2]
             self._session.note_inputs(self.split, ids, inputs, targets, self.path_of)

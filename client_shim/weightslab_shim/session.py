@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,6 +22,9 @@ import numpy as np
 
 from . import records, wire
 from .channel import ControlChannel
+from .checkpoints import Checkpointer
+from .distributed import StepSync, job_of
+from .evaluation import Evaluator, cancel_message
 from .previews import preview_bytes
 from .previews import reduce as reduce_previews
 from .publisher import Publisher
@@ -70,6 +74,8 @@ class Session:
         self.run_id = new_run_id(self.run_name)
         self.ring_bytes = int(_positive(env, "WEIGHTSLAB_RING_MB", RING_MB_DEFAULT) * 1024 * 1024)
         self.rank, self.world_size = _distributed(env)
+        self.job = job_of(env)  # a torchrun job: every rank attaches to one run (distributed.py)
+        self.sync = StepSync(self.rank, self.world_size) if self.job and self.world_size > 1 else None
         self.step = 0
         self.hparams: dict[str, Any] = {}
         self.splits: dict[str, int] = {}
@@ -95,6 +101,11 @@ class Session:
         self.errors = 0
         self._reported: set[str] = set()
         self._applied_edits: dict[str, int] = {}  # edit cmd_id -> step applied: a re-send is acked, not redone
+        self.checkpoints = Checkpointer(self, self._notify, resume=env.get("WEIGHTSLAB_RESUME", "").strip() == "1")
+        self.signal_functions: list[Any] = []  # loss / metric wrappers, which an evaluation pass calls
+        self.paused_seconds = 0.0  # time spent waiting while paused (evaluation's avg_batch_seconds leaves it out)
+        self.wake_at = 1 << 62  # a step boundary at which this step count is reached runs evaluation.at_boundary
+        self.evaluation = Evaluator(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -102,6 +113,7 @@ class Session:
         if self.started:
             return
         self.started = True
+        self.evaluation.started()
         problem = private_dir_problem(self.runtime_dir)
         if problem:  # someone else's (or an open) directory: whoever listens there must not hear us
             sys.stderr.write(f"weightslab: {problem}; training continues without weightslabd\n")
@@ -127,12 +139,15 @@ class Session:
             self._cond.notify_all()
         if self.ring is None or self.channel is None or self.publisher is None:
             return
+        self.checkpoints.close(CLOSE_FLUSH_SECONDS * 5)  # a checkpoint being written is finished and reported
         self.publisher.close(CLOSE_FLUSH_SECONDS)
         self.ring.mark_closed()
         if (not self.channel.attached.is_set() and self.channel.refused is None
                 and (self.runtime_dir / CONTROL_SOCKET).exists()):
             self.channel.attached.wait(END_TIMEOUT)  # a daemon is there: let a short run reach it
         ever_attached = self.channel.attached.is_set() or self.channel.ended.is_set()
+        if self.evaluation.report is not None and self.channel.attached.is_set():
+            self.channel.send(self._heartbeat())  # the last pass's end, before the daemon hears of ours
         drained = self.channel.end_of_stream(
             {"type": wire.END, "run_id": self.run_id, "step": self.step}, END_TIMEOUT)
         self.channel.stop()
@@ -146,12 +161,13 @@ class Session:
         ring = self.ring
         return {
             "type": wire.HELLO, "protocol": wire.PROTOCOL_VERSION, "pid": self._pid,
-            "host": socket.gethostname(), "rank": self.rank, "world_size": self.world_size,
+            "host": socket.gethostname(), "rank": self.rank, "world_size": self.world_size, "job": self.job,
             "run_name": self.run_name, "run_id": self.run_id, "script_dir": self.script_dir,
             "script_dir_id": self._script_dir_id,
             "splits": dict(self.splits), "hparams": _jsonable(self.hparams), "step": self.step,
             "paused": self.paused,
             "ring": {"name": ring.name, "capacity": ring.capacity} if ring else None,
+            **self.checkpoints.hello_fields(),
         }
 
     @property
@@ -159,8 +175,15 @@ class Session:
         """Records lost so far: the ring was full, or the publisher thread was behind."""
         return (self.ring.dropped if self.ring else 0) + (self.publisher.dropped if self.publisher else 0)
 
+    def _notify(self, msg: wire.Message) -> None:
+        if self.channel is not None:
+            self.channel.send(msg)
+
     def _heartbeat(self) -> wire.Message:
-        return {"type": wire.HEARTBEAT, "step": self.step, "paused": self.paused, "dropped": self.dropped}
+        beat = {"type": wire.HEARTBEAT, "step": self.step, "paused": self.paused, "dropped": self.dropped}
+        if self.evaluation.report is not None:
+            beat["eval"] = self.evaluation.report
+        return beat
 
     def _on_message(self, msg: wire.Message) -> None:
         kind = msg["type"]
@@ -169,10 +192,17 @@ class Session:
             self.daemon_reads_files = msg.get("reads_files") is True
             self._hp_dirty = True
             self._set_have_previews(msg.get("previews") or {})
+            with self._cond:  # a resume's load goes first, before the edits the daemon re-sends after this
+                self.checkpoints.on_welcome(msg, self.inbox)
+        elif cancel_message(msg):  # here, not at a boundary: a pass holds the training thread
+            self.evaluation.cancel(msg)
+        elif kind == wire.COMMAND and self.sync is not None and self.rank != 0:
+            pass  # a job's commands reach its ranks through rank 0, at the same step (distributed.py)
         elif kind == wire.COMMAND:
             with self._cond:
                 self.inbox.append(msg)
                 self._cond.notify_all()
+            self.checkpoints.on_command()
 
     def _set_have_previews(self, have: Mapping[str, str]) -> None:
         for split, size in list(self.splits.items()):
@@ -187,6 +217,8 @@ class Session:
     def register_hparams(self, hp: dict[str, Any]) -> None:
         self.hparams = hp
         self._hp_dirty = True
+        self.checkpoints.reschedule()
+        self.evaluation.hparams_changed()
         self._announce()
 
     def _announce(self) -> None:
@@ -197,12 +229,17 @@ class Session:
     # -- step boundary ---------------------------------------------------------------------------
 
     @never_raises
-    def begin_step(self) -> None:
+    def begin_step(self, *, training: bool = True) -> None:
         if self._closed:
             return
         if not self.started:
             self.start()
-        if self.inbox or self.paused:
+        if self.checkpoints.resume_waiting:
+            self.checkpoints.await_resume()
+        if self.sync is not None and self.sync.ready():  # a job: every rank applies rank 0's commands now
+            if training:  # only at training steps, which every rank runs (rank 0 may evaluate alone)
+                self.sync.boundary(self)
+        elif self.inbox or self.paused or self.step >= self.wake_at:
             self._apply_commands()
 
     @never_raises
@@ -216,6 +253,7 @@ class Session:
             return
         if self.hp_sync and self.hparams and (self._hp_dirty or _differs(self.hparams, self._hp_sent)):
             self._hp_sent = dict(self.hparams)  # user code may change the dict too: compare each step
+            self.evaluation.hparams_changed()
             self._fields.append(("hp", Staged(records.json_field(_jsonable(self.hparams)))))
             self._hp_dirty = False
         publisher = self.publisher
@@ -227,6 +265,8 @@ class Session:
             fields, self._previews = self._previews, []
             if publisher is not None:
                 publisher.submit(RecordType.PREVIEW, step, fields)
+        if self.step >= self.checkpoints.auto_at and training:
+            self.checkpoints.auto()
 
     def flush(self, timeout: float = CLOSE_FLUSH_SECONDS) -> bool:
         """Wait (bounded) until every step so far is in the ring."""
@@ -237,9 +277,18 @@ class Session:
             while True:
                 while self.inbox:
                     self._apply(self.inbox.popleft())
+                if self.step >= self.wake_at and not self._closed:  # an evaluation pass: run without the lock
+                    self._cond.release()
+                    try:
+                        self.evaluation.at_boundary()
+                    finally:
+                        self._cond.acquire()
+                    continue
                 if not self.paused or self._closed:
                     return
+                waited = time.monotonic()
                 self._cond.wait(0.5)  # the control thread keeps heartbeating meanwhile
+                self.paused_seconds += time.monotonic() - waited
 
     def _apply(self, cmd: wire.Message) -> None:
         op = cmd.get("op")
@@ -248,6 +297,10 @@ class Session:
             "deny": self._deny,
             "set_denied": self._set_denied,
             "get_hparams": lambda args: {"hparams": _jsonable(self.hparams)},
+            "save_checkpoint": lambda args: self.checkpoints.save(str(args.get("reason") or "command")),
+            "load_checkpoint": lambda args: self.checkpoints.restore(str(args["path"])),
+            "evaluate": self.evaluation.request,
+            "eval_policy": self.evaluation.set_policy,
         }.get(str(op))
         cmd_id = str(cmd.get("cmd_id"))
         ack: wire.Message = {"type": wire.ACK, "cmd_id": cmd_id, "step": self.step}
@@ -283,6 +336,8 @@ class Session:
             self.hparams[key] = value
             applied[key] = value
         self._hp_dirty = True
+        self.checkpoints.reschedule()
+        self.evaluation.hparams_changed()
         return {"applied": _jsonable(applied)}
 
     def _loader(self, split: str) -> Any:

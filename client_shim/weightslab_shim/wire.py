@@ -23,6 +23,7 @@ HEARTBEAT = "heartbeat"
 ACK = "ack"
 REGISTER = "register"  # splits or hyperparameters changed after hello
 END = "end"  # clean exit: the daemon drains the ring up to `position`, then answers END_OK
+CHECKPOINT = "checkpoint"  # a checkpoint file the trainer wrote (or failed to): the daemon journals it
 # daemon -> shim
 WELCOME = "welcome"
 PONG = "pong"

@@ -17,7 +17,7 @@ class StepContext:
         self.training = training
 
     def __enter__(self) -> StepContext:
-        self._session().begin_step()
+        self._session().begin_step(training=self.training)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

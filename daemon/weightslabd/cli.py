@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--dir", type=Path, help="where to write them (default: GRPC_TLS_CERT_DIR)")
     certs.add_argument("--host", action="append", default=[], help="extra host name for the server certificate")
     certs.add_argument("--force", action="store_true", help="replace existing files")
+    export = sub.add_parser("export", parents=[env_after],
+                            help="write a run's samples, history, curves, tags and edits as Parquet files")
+    export.add_argument("run", metavar="RUN", help="a run folder, or a run id under WEIGHTSLAB_ROOT_LOG_DIR")
+    export.add_argument("--to", dest="export_to", type=Path, required=True, metavar="DIR",
+                        help="an empty or new folder")
     return p
 
 
@@ -51,9 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "config":
             print(render_effective(settings))
-            return 0
+            from weightslabd.agent.config import render as render_agent
+
+            key = settings.openrouter_api_key
+            valid, text = render_agent(settings.agent_config_path, key.get_secret_value() if key else "")
+            print(text, end="")
+            return 0 if valid else EXIT_USAGE
         if args.command == "certs":
             return _certs(settings, args)
+        if args.command == "export":
+            from weightslabd.store.export import run_export
+
+            return run_export(settings, args.run, args.export_to)
         if args.command == "cli":
             from weightslabd.daemon import read_state
             from weightslabd.ops.cli_client import run as run_cli

@@ -19,12 +19,15 @@ from typing import Any
 import structlog
 
 from weightslab_shim.runtime import DAEMON_LOCK, UnsafeRuntimeDir, ensure_private_dir
+from weightslabd.agent import config as agent_config
+from weightslabd.agent.service import DataQueryAgent
 from weightslabd.api.cli_server import CliCommands, LineServer
 from weightslabd.api.grpcweb import SOCKET_NAME, GrpcWebBridge, check_exposure
 from weightslabd.api.grpcweb import enabled as grpc_web_enabled
 from weightslabd.api.server import BindError, GrpcServer, build_server
 from weightslabd.api.servicer import ExperimentServicer
 from weightslabd.config import Settings, check_binds
+from weightslabd.evaluation.coordinator import TimeoutPolicy
 from weightslabd.ipc.control import ControlServer
 from weightslabd.ops.logs import reopen_log_files
 from weightslabd.ops.supervision import Supervisor
@@ -79,10 +82,22 @@ class Daemon:
 
     # -- boot ------------------------------------------------------------------------------------
 
+    def _agent(self) -> DataQueryAgent:
+        """agent_config.yaml read and checked at boot: a bad one stops it, one line per problem."""
+        key = self.settings.openrouter_api_key
+        try:
+            config = agent_config.load(self.settings.agent_config_path, key.get_secret_value() if key else "")
+        except agent_config.AgentConfigError as exc:
+            raise BootError("\n".join(exc.problems)) from None
+        agent = DataQueryAgent(config)
+        log.info("agent", provider=config.provider or "none (built-in interpreter)", source=config.source)
+        return agent
+
     def boot(self) -> None:
         s = self.settings
         check_exposure(s)
         check_binds(s)
+        agent = self._agent()
         tls = self._tls_config()
         try:
             ensure_private_dir(self.runtime_dir)
@@ -97,7 +112,8 @@ class Daemon:
                                      heartbeat_timeout=s.weightslab_heartbeat_timeout_seconds)
         self.control.recover_orphans()
         self.control.start()
-        self.servicer = ExperimentServicer(self.registry, self.control, s.grpc_watchdog_stuck_seconds)
+        self.servicer = ExperimentServicer(self.registry, self.control, s.grpc_watchdog_stuck_seconds, agent,
+                                           eval_policy=TimeoutPolicy.from_settings(s))
         self.audit = AuditLog(s.audit_log_format, s.log_dir())
         self.cli = CliCommands(self.servicer)
         shared = s.cli_shares_grpc_port()
@@ -268,6 +284,7 @@ class Daemon:
             self.watchdog.stop()
         if self.servicer is not None:
             self.servicer.stopping.set()
+            self.servicer.agent.shutdown()
         if self.web is not None:  # before the gRPC server, so open browser streams end with a trailer
             self.web.stop(WEB_DRAIN_SECONDS)
         if self.front is not None:  # no new connections; open ones drain with the gRPC server behind them

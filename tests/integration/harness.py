@@ -118,12 +118,13 @@ class Daemon:
 class Trainer:
     """tests/integration/trainer.py in a subprocess; its status JSON is written at exit."""
 
-    def __init__(self, env: dict[str, str], tmp: Path, *args: str, name: str = "trainer") -> None:
+    def __init__(self, env: dict[str, str], tmp: Path, *args: str, name: str = "trainer",
+                 script: Path = TRAINER) -> None:
         self.status_path = tmp / f"{name}-status.json"
         self.stderr_path = tmp / f"{name}.stderr"
         self.stdout_path = tmp / f"{name}.stdout"
         with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, str(TRAINER), "--status", str(self.status_path), *args],
+            self.proc = subprocess.Popen([sys.executable, str(script), "--status", str(self.status_path), *args],
                                          env=env, stdout=out, stderr=err)
 
     def wait(self, timeout: float = 30) -> dict[str, Any]:

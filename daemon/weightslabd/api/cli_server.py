@@ -28,6 +28,7 @@ import numpy as np
 import structlog
 from google.protobuf.descriptor import FieldDescriptor
 
+from weightslabd.api import runs_rpc
 from weightslabd.api.grid import short_repr, split_tags
 from weightslabd.api.servicer import HP_FIELDS, ExperimentServicer, hparam_descs
 from weightslabd.proto import experiment_service_pb2 as pb
@@ -50,6 +51,9 @@ HELP = {
     "samples SPLIT [SIGNAL] [N]": "the N samples (default 10) with the highest last SIGNAL (default: the first)",
     "tag SPLIT TAG ID...": "add TAG to samples; `untag SPLIT TAG ID...` removes it",
     "discard SPLIT ID... / restore SPLIT ID...": "take samples out of the training loop, or bring them back",
+    "eval SPLIT [--tags a,b] [--full] | eval status | eval cancel [REASON]":
+        "evaluate a split (only samples with any of the tags; --full: discarded ones too), its progress, stop it",
+    "checkpoint save | list | restore HASH[@STEP]": "write a checkpoint now, list the run's, or roll back to one",
 }
 
 
@@ -97,7 +101,7 @@ class CliCommands:
                 "state": run.manifest.get("status"), "paused": run.paused, "dropped": run.dropped,
                 "splits": {n: t.size for n, t in run.samples.splits.items()}, "samples": total,
                 "in_loop": in_loop, "discarded": denied, "curves": run.history.names(),
-                "previews": run.preview_cache.stats()}
+                "previews": run.preview_cache.stats(), "previews_at_rest": run.preview_store.stats()}
 
     def cmd_hp(self, args: list[str]) -> dict[str, Any]:
         run = self._run()
@@ -146,6 +150,32 @@ class CliCommands:
         if not tags:
             raise ValueError("name a tag")
         return self._reply(self.servicer.edit_tags(self._run(), split, ids, tags, mode))
+
+    def cmd_checkpoint(self, args: list[str]) -> dict[str, Any]:
+        return runs_rpc.cli(self.servicer.runs_api, self._run(), args)
+
+    def cmd_eval(self, args: list[str]) -> dict[str, Any]:
+        evaluations = self.servicer.evaluations
+        if not args:
+            raise ValueError("eval needs a split, `status` or `cancel`")
+        if args[0] == "status":
+            return {"ok": True, **evaluations.status(self._run())}
+        if args[0] == "cancel":
+            return self._reply_pair(evaluations.cancel(self._run(), " ".join(args[1:]) or "cli"))
+        split, tags, full, rest = args[0], [], False, args[1:]
+        while rest:
+            word = rest.pop(0)
+            if word == "--tags" and rest:
+                tags = split_tags(rest.pop(0).replace(",", ";"))
+            elif word == "--full":
+                full = True
+            else:
+                raise ValueError(f"eval: unexpected {short_repr(word)}; usage: eval SPLIT [--tags a,b] [--full]")
+        return self._reply_pair(evaluations.trigger(self._run(), split, tags, full))
+
+    @staticmethod
+    def _reply_pair(reply: tuple[bool, str]) -> dict[str, Any]:
+        return {"ok": reply[0], "message": reply[1]}
 
     def cmd_discard(self, args: list[str]) -> dict[str, Any]:
         return self._reply(self.servicer.deny(self._run(), args[0], _ids(args[1:]), True))

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from weightslabd.evaluation import passes
 from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.store.history import Points, decimate_indexes
 from weightslabd.store.run import Run
@@ -46,11 +47,15 @@ def curves(runs: list[Run], request: Any, cursor: dict[tuple[str, str], int]) ->
                                     value_max=float(pts.vmax.max()) if len(pts.vmax) else 0.0)
             if request.index_only:
                 continue
+            notes = run.book.plot_notes  # (curve, model age) -> the user's note (plot_note_operation)
+            first = len(response.points)
             for i in range(len(pts.steps)):
                 response.points.add(
                     metric_name=name, model_age=int(pts.steps[i]), metric_value=float(pts.values[i]),
                     experiment_hash=run.run_id, timestamp=int(pts.stamps[i]),
-                    value_min=float(pts.vmin[i]), value_max=float(pts.vmax[i]), has_value_range=True)
+                    value_min=float(pts.vmin[i]), value_max=float(pts.vmax[i]), has_value_range=True,
+                    point_note=notes.get((name, int(pts.steps[i])), ""))
+            passes.mark(run, name, response.points[first:])  # evaluation points (docs/evaluation-and-checkpoints.md)
     return response
 
 

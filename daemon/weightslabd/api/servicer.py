@@ -19,7 +19,9 @@ import numpy as np
 import structlog
 
 from weightslab_shim import wire
-from weightslabd.api import grid, histogram, plots
+from weightslabd.agent.service import DataQueryAgent
+from weightslabd.api import grid, histogram, plots, runs_rpc
+from weightslabd.evaluation.coordinator import Evaluations, TimeoutPolicy
 from weightslabd.ipc.control import ControlServer
 from weightslabd.ops.watchdog import WatchdogInterrupt, touch
 from weightslabd.proto import experiment_service_pb2 as pb
@@ -33,7 +35,8 @@ CURSOR_IDLE = 600.0
 # HyperParameters field -> the trainer's hyperparameter key
 HP_FIELDS = {
     "experiment_name": "experiment_name", "training_steps_to_do": "training_steps_to_do",
-    "learning_rate": "learning_rate", "batch_size": "batch_size", "full_eval_frequency": "full_eval_frequency",
+    "learning_rate": "learning_rate", "batch_size": "batch_size",
+    "full_eval_frequency": "eval_full_to_train_steps_ratio",  # docs/evaluation-and-checkpoints.md
     "checkpont_frequency": "checkpoint_frequency", "is_training": "is_training", "nb_steps": "nb_steps",
     "auditor_mode": "auditor_mode", "train_batch_size": "train_batch_size", "val_batch_size": "val_batch_size",
     "test_batch_size": "test_batch_size", "evaluation_mode": "evaluation_mode",
@@ -41,18 +44,12 @@ HP_FIELDS = {
 }
 TOTAL_STEP_KEYS = ("total_training_steps", "training_steps_to_do", "training_left", "nb_steps")
 NO_RUN = "no training run has attached to weightslabd yet"
-AGENT_OFF = ("no data-query agent is configured: natural-language queries are off; structured queries "
-             "(docs/query.md) work without one")
 TAG_MODES = {pb.EDIT_OVERRIDE: "override", pb.EDIT_ACCUMULATE: "add", pb.EDIT_REMOVE: "remove"}
 T = TypeVar("T")
 # Test-only: with this set to 1 (only tests/integration/test_watchdog_e2e.py sets it), GetDataSplits blocks
 # until its call ends, so the watchdog meets a really stuck handler. Read once, at start; other values: off.
 TEST_STUCK_ENV = "WEIGHTSLABD_TEST_STUCK_GETDATASPLITS"
 
-
-# ExperimentCommand operations with no implementation yet (checkpoints, restarts, plot notes, layers).
-UNBUILT_COMMANDS = ("save_checkpoint_operation", "load_checkpoint_operation", "restart_operation",
-                    "plot_note_operation", "get_data_records", "get_single_layer_info_id")
 
 
 class ReaderCursors:
@@ -88,13 +85,17 @@ def client_key(context: grpc.ServicerContext) -> str:
 
 
 class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
-    def __init__(self, registry: RunRegistry, control: ControlServer, lock_timeout: float = 60.0) -> None:
+    def __init__(self, registry: RunRegistry, control: ControlServer, lock_timeout: float = 60.0,
+                 agent: DataQueryAgent | None = None, eval_policy: TimeoutPolicy | None = None) -> None:
         self.lock_timeout = lock_timeout  # GRPC_WATCHDOG_STUCK_SECONDS: past it, RESOURCE_EXHAUSTED
+        self.agent = agent or DataQueryAgent()  # none configured: the built-in interpreter answers
         self.registry = registry
         self.control = control
         self.cursors = ReaderCursors()
         self.views = grid.GridViews()
+        self.runs_api = runs_rpc.RunsApi(registry, control)
         self.stopping = threading.Event()
+        self.evaluations = Evaluations(registry, control, eval_policy, self.stopping)  # evaluation/coordinator.py
         self._stuck_for_tests = os.environ.get(TEST_STUCK_ENV) == "1"
         if self._stuck_for_tests:
             structlog.get_logger("weightslabd.api").warning("test-only hook on: GetDataSplits blocks",
@@ -118,7 +119,10 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         if run is None:
             return pb.CommandResponse(success=False, message="no training run has attached to weightslabd yet")
         if request.HasField("hyper_parameter_change"):
-            return self.change_hparams(run, request.hyper_parameter_change.hyper_parameters)
+            hp = request.hyper_parameter_change.hyper_parameters
+            if hp.HasField("evaluation_config") or hp.HasField("evaluation_mode"):
+                return self._evaluation_hparams(run, hp)
+            return self.change_hparams(run, hp)
         for field, split_pick, deny in (("deny_samples_operation", "train", True),
                                         ("remove_from_denylist_operation", "train", False),
                                         ("deny_eval_samples_operation", "eval", True),
@@ -127,12 +131,12 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
                 op = getattr(request, field)
                 return self.deny(run, self._split_for(run, split_pick), op.sample_ids, deny,
                                   accumulate=op.accumulate)
-        unbuilt = [name for name in UNBUILT_COMMANDS if request.HasField(name)]
-        if request.get_interactive_layers:
-            unbuilt.append("get_interactive_layers")
-        if unbuilt:  # say so rather than answer success for what nothing did
-            return pb.CommandResponse(success=False, message=f"{', '.join(unbuilt)}: not built in weightslabd yet; "
-                                                             "nothing was done")
+        done = runs_rpc.command(self.runs_api, run, request)  # checkpoints, plot notes
+        if done is not None:
+            return done
+        refused = runs_rpc.refusals(request)
+        if refused:  # say so rather than answer success for what nothing did
+            return pb.CommandResponse(success=False, message="; ".join(refused))
         response = pb.CommandResponse(success=True, message="")
         if request.get_hyper_parameters:
             if not self.control.hp_sync:
@@ -233,6 +237,63 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             return pb.CommandResponse(success=False, message=f"the trainer refused it: {ack.get('message', '')}")
         return pb.CommandResponse(success=True, message=f"applied at step {ack.get('step')}")
 
+    # -- evaluation (evaluation/coordinator.py) -------------------------------------------------
+
+    def TriggerEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        if run is None:
+            return pb.TriggerEvaluationResponse(success=False, message=NO_RUN)
+        ok, message = self.evaluations.trigger(run, request.split_name, [t for t in request.tags if t],
+                                               request.use_full_set)
+        return pb.TriggerEvaluationResponse(success=ok, message=message)
+
+    def GetEvaluationStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        status = self.evaluations.status(self.registry.current())
+        return pb.GetEvaluationStatusResponse(**{k: v for k, v in status.items() if k in (
+            "status", "current", "total", "message", "error", "split_name")})
+
+    def CancelEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        run = self.registry.current()
+        if run is None:
+            return pb.CancelEvaluationResponse(success=False, message=NO_RUN)
+        ok, message = self.evaluations.cancel(run, request.reason)
+        return pb.CancelEvaluationResponse(success=ok, message=message)
+
+    def _evaluation_hparams(self, run: Run, hp: Any) -> Any:
+        """`evaluation_config` (JSON: a split to evaluate, or a cancel) and `evaluation_mode` (false: cancel);
+        any other field of the same message is applied as usual."""
+        if hp.HasField("evaluation_config"):
+            ok, message = self.evaluations.from_config(run, hp.evaluation_config)
+        elif not hp.evaluation_mode:
+            ok, message = self.evaluations.cancel(run, "evaluation_mode off")
+        else:
+            ok, message = False, "evaluation_mode on needs evaluation_config naming the split to evaluate"
+        rest = pb.HyperParameters()
+        rest.CopyFrom(hp)
+        rest.ClearField("evaluation_config")
+        rest.ClearField("evaluation_mode")
+        if ok and rest.ListFields():
+            other = self.change_hparams(run, rest)
+            ok, message = other.success, f"{message}; {other.message}"
+        return pb.CommandResponse(success=ok, message=message)
+
+    # -- checkpoints and runs (api/runs_rpc.py) ------------------------------------------------
+
+    def RestoreCheckpoint(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok, message = self.runs_api.restore(request.experiment_hash)
+        return pb.RestoreCheckpointResponse(success=ok, message=message)
+
+    def ListExperimentRuns(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.runs_api.list_runs()
+
+    def RenameExperimentRun(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok, message = self.runs_api.set_text(request.experiment_hash, "run_name", request.new_name)
+        return pb.RenameExperimentRunResponse(success=ok, message=message)
+
+    def SetExperimentRunNotes(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok, message = self.runs_api.set_text(request.experiment_hash, "run_notes", request.notes)
+        return pb.SetExperimentRunNotesResponse(success=ok, message=message)
+
     # -- plots ---------------------------------------------------------------------------------
 
     def GetLatestLoggerData(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -290,6 +351,9 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         run = self.registry.current()
         if run is None:
             return pb.DataQueryResponse(success=False, message=NO_RUN)
+        if request.is_natural_language and request.query.strip():  # the chat box: the agent (agent/service.py)
+            return self._busy_guard(context, lambda: self.agent.answer(
+                request.query, run, self._view(run, context), self, self.lock_timeout, context.is_active))
         return self._busy_guard(context, lambda: grid.apply_query(
             run, self._view(run, context), request, self.lock_timeout))
 
@@ -351,8 +415,28 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             messages.append(f"{split}: {reply.message}")
         return pb.DataEditsResponse(success=True, message="; ".join(messages))
 
+    # -- the data-query agent (agent/service.py) ----------------------------------------------------
+
     def CheckAgentHealth(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.AgentHealthResponse(available=False, message=AGENT_OFF)
+        available, message = self.agent.health(context.time_remaining())
+        return pb.AgentHealthResponse(available=available, message=message)
+
+    def InitializeAgent(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok, message = self.agent.initialize(request.provider, request.api_key, request.model,
+                                            context.time_remaining())
+        return pb.InitializeAgentResponse(success=ok, message=message)
+
+    def ChangeAgentModel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok, message = self.agent.change_model(request.model, context.time_remaining())
+        return pb.ChangeAgentModelResponse(success=ok, message=message)
+
+    def GetAgentModels(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok, models, message = self.agent.models(context.time_remaining())
+        return pb.GetAgentModelsResponse(success=ok, models=models, message=message)
+
+    def ResetAgent(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok, message = self.agent.reset()
+        return pb.ResetAgentResponse(success=ok, message=message)
 
     def GetHistogram(self, request: Any, context: grpc.ServicerContext) -> Any:
         run = self.registry.current()
@@ -408,6 +492,9 @@ def validate_hparams(values: dict[str, Any]) -> str | None:
             return f"{key} must be at least 1, got {values[key]}"
     if values.get("training_steps_to_do", 0) < 0:
         return f"training_steps_to_do must be >= 0, got {values['training_steps_to_do']}"
+    if values.get("eval_full_to_train_steps_ratio", 0) < 0:  # the Studio's full_eval_frequency
+        return (f"full_eval_frequency must be >= 0 (0: no periodic evaluation), got "
+                f"{values['eval_full_to_train_steps_ratio']}")
     return None
 
 

@@ -14,6 +14,8 @@ import stat
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,14 @@ from weightslab_shim import wire
 from weightslab_shim.ring import RingError, RingReader, list_rings, shm_path, unlink
 from weightslab_shim.runtime import control_endpoint, is_ring_name, is_run_id, ring_prefix
 from weightslabd.ipc.ingest import RingDrain
+from weightslabd.ipc.jobs import Jobs, hello_for_job, job_and_rank, lane_base
+from weightslabd.store import checkpoints
 from weightslabd.store.run import PendingCommand, Run
 from weightslabd.store.runs import RunRegistry
 
 log = structlog.get_logger("weightslabd.ipc.control")
 TICK = 0.1  # liveness checks
-SHIM_MESSAGES = frozenset({wire.HELLO, wire.HEARTBEAT, wire.ACK, wire.REGISTER, wire.END})
+SHIM_MESSAGES = frozenset({wire.HELLO, wire.HEARTBEAT, wire.ACK, wire.REGISTER, wire.END, wire.CHECKPOINT})
 ANNOUNCED = "rings.json"  # in the runtime directory: the rings hellos named, for boot-time recovery
 RING_RUN_ID_BYTES = 48  # the ring header keeps this much of the run id
 DENY_IDS_MAX = 10_000  # a re-sent discard with more ids than this travels as a packed mask
@@ -60,10 +64,12 @@ class AnnouncedRings:
             return {}
         return {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
 
-    def add(self, name: str, run_id: str, pid: int) -> None:
+    def add(self, name: str, run_id: str, pid: int, **extra: Any) -> None:
+        """extra: `run` (the run a resumed trainer's ring feeds) and `base` (RingDrain's)."""
         with self._lock:
-            if self.rings.get(name) != {"run_id": run_id, "pid": pid}:
-                self.rings[name] = {"run_id": run_id, "pid": pid}
+            entry = {"run_id": run_id, "pid": pid, **extra}
+            if self.rings.get(name) != entry:
+                self.rings[name] = entry
                 self._save()
 
     def discard(self, name: str) -> None:
@@ -93,10 +99,11 @@ class Attachment:
     drain: RingDrain
     last_seen: float
     stalled: bool = False
+    rank: int = 0  # in a torchrun job (jobs.py): commands go to rank 0, which hands them on
 
     @property
     def label(self) -> str:
-        return f"pid {self.pid} run {self.run.run_id}"
+        return f"pid {self.pid} run {self.run.run_id}" + (f" rank {self.rank}" if self.rank else "")
 
 
 def _own_file(name: str) -> bool:
@@ -156,6 +163,7 @@ class ControlServer:
         self.endpoint = control_endpoint(runtime_dir)
         self.prefix = ring_prefix(runtime_dir)
         self.announced = AnnouncedRings(runtime_dir / ANNOUNCED)
+        self.jobs = Jobs(runtime_dir)
         self.registry = registry
         self.hp_sync = hp_sync
         self.heartbeat_timeout = heartbeat_timeout
@@ -166,6 +174,8 @@ class ControlServer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
         self.rejected_frames = 0
+        self._journaler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-journal")
+        self.heartbeat_hooks: list[Callable[[Attachment, wire.Message], None]] = []  # e.g. evaluation progress
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -180,6 +190,7 @@ class ControlServer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._journaler.shutdown(wait=True)  # checkpoints reported so far are journaled before the runs close
         for att in list(self.attachments.values()):
             # Leave rings in place: trainers keep writing and a restarted daemon drains them.
             att.drain.stop(final_drain=True, unlink=False)
@@ -229,9 +240,10 @@ class ControlServer:
             what = "ring of a dead trainer removed unread: it is not the one its hello announced"
         else:
             what = "ring of a dead trainer recovered and removed"
-            run = self.registry.get(str(entry["run_id"]))
+            run = self.registry.get(str(entry.get("run") or entry["run_id"]))
         if run is not None:
-            drain = RingDrain(reader, run, f"pid {info.writer_pid} (dead) run {run.run_id}")
+            drain = RingDrain(reader, run, f"pid {info.writer_pid} (dead) run {run.run_id}",
+                              int((entry or {}).get("base", 0)))
             drain.drain_all()
             run.manifest["status"] = "ended" if reader.writer_closed else "crashed"
             run.save_manifest()
@@ -337,6 +349,8 @@ class ControlServer:
             run.dropped = max(run.dropped, int(msg.get("dropped", 0)))
             run.manifest["status"] = "paused" if run.paused else "running"
             self._send(sock, identity, {"type": wire.PONG})
+            for hook in self.heartbeat_hooks:  # each must be quick: this thread serves every trainer
+                hook(att, msg)
         elif kind == wire.ACK:
             self._ack(run, msg)
         elif kind == wire.REGISTER:
@@ -345,6 +359,8 @@ class ControlServer:
                     run.samples.ensure_split(str(split), int(size))
                 run.hparams.update(dict(msg.get("hparams") or {}))
             run.save_manifest()
+        elif kind == wire.CHECKPOINT:  # journaled (fsync) off this thread, which every trainer needs; in order
+            self._journaler.submit(self._checkpoint_written, run, msg)
         elif kind == wire.END:
             run.step = max(run.step, int(msg.get("step", 0)))
             self._detach(att, status="ended", unlink=True)
@@ -356,13 +372,23 @@ class ControlServer:
             raise ValueError(f"protocol {msg.get('protocol')} is not supported (this daemon speaks "
                              f"{wire.PROTOCOL_VERSION})")
         run_id, pid, ring_name = self._check_names(msg)
+        ring_run_id = run_id
+        resumed = checkpoints.resume_target(self.registry, msg)  # WEIGHTSLAB_RESUME: the run it continues
+        if resumed is not None:
+            msg, run_id = dict(msg, run_id=resumed), resumed
+        job, rank = job_and_rank(msg)
+        job_run = self.jobs.run_of(job) if job and resumed is None else None
+        if job_run is not None and self.registry.get(job_run) is not None:  # a later rank of a known job
+            msg, run_id = hello_for_job(msg, job_run), job_run
         for other in [a for a in self.attachments.values() if a.run.run_id == run_id]:
+            if job and other.rank != rank and other.drain.reader.name != ring_name:
+                continue  # another rank of the same job: it stays
             if other.drain.reader.name == ring_name:  # the same trainer saying hello again
                 self.attachments[identity] = other  # add before removing: senders never see it missing
                 if other.identity != identity:
                     self.attachments.pop(other.identity, None)
                 other.identity, other.last_seen = identity, time.monotonic()
-                self._welcome(identity, other.run, sees_files(msg))
+                self._welcome(identity, other.run, sees_files(msg), resumed is not None)
                 return
             self.attachments.pop(other.identity, None)
             other.drain.stop(final_drain=True, unlink=False)
@@ -370,7 +396,7 @@ class ControlServer:
             reader = RingReader(ring_name)
         except RingError as exc:
             raise ValueError(str(exc)) from None
-        if reader.info.run_id != run_id[:RING_RUN_ID_BYTES] or reader.info.writer_pid != pid:
+        if reader.info.run_id != ring_run_id[:RING_RUN_ID_BYTES] or reader.info.writer_pid != pid:
             reader.close()
             raise ValueError(f"ring {ring_name} belongs to run {reader.info.run_id} pid {reader.info.writer_pid}")
         try:
@@ -378,16 +404,22 @@ class ControlServer:
         except BaseException:
             reader.close()
             raise
-        self.announced.add(ring_name, run_id, pid)
-        drain = RingDrain(reader, run, f"pid {pid} run {run_id}")
-        att = Attachment(identity, run, pid, drain, time.monotonic())
+        known = self.announced.rings.get(ring_name) or {}
+        base = int(known.get("base", run.last_position + 1 if resumed and not known else 0))
+        if job:
+            base = lane_base(rank)
+            self.jobs.note(job, run_id)
+        extra = {"run": run_id, "base": base} if resumed or job else {}
+        self.announced.add(ring_name, ring_run_id, pid, **extra)
+        drain = RingDrain(reader, run, f"pid {pid} run {run_id}" + (f" rank {rank}" if job else ""), base)
+        att = Attachment(identity, run, pid, drain, time.monotonic(), rank=rank)
         self.attachments[identity] = att
         self.registry.make_current(run_id)
         drain.start()
         self._release_idle()  # the run that was current may now be of no use
         log.info("trainer attached", sender=att.label, ring=ring_name, folder=str(run.folder),
                  splits=msg.get("splits"), backlog_bytes=reader.pending())
-        self._welcome(identity, run, sees_files(msg))
+        self._welcome(identity, run, sees_files(msg), resumed is not None)
 
     def _check_names(self, msg: wire.Message) -> tuple[str, int, str]:
         """The names a hello brings, exactly as the shim builds them; anything else is refused before
@@ -410,15 +442,30 @@ class ControlServer:
             raise ValueError(f"script_dir {script_dir!r} is not an absolute path without '..'")
         return run_id, pid, ring_name
 
-    def _welcome(self, identity: bytes, run: Run, reads_files: bool) -> None:
+    def _welcome(self, identity: bytes, run: Run, reads_files: bool, resume: bool = False) -> None:
         # Under the run lock, as edits are journaled and queued: the re-sent state and any new edit
-        # reach the trainer in the order they were journaled.
+        # reach the trainer in the order they were journaled. A resume's checkpoint loads before them.
+        extra = {"resume_from": checkpoints.resume_from(run)} if resume else {}
         with run.lock:
+            resend = [*unacked_denies(run), *run.commands_to_resend()]
             self._outbox.append((identity, {"type": wire.WELCOME, "run_id": run.run_id, "hp_sync": self.hp_sync,
-                                            "previews": run.preview_masks(), "reads_files": reads_files}))
-            for seq, op, args in [*unacked_denies(run), *run.commands_to_resend()]:
+                                            "previews": run.preview_masks(), "reads_files": reads_files,
+                                            "folder": str(run.folder.resolve()), "follows": len(resend), **extra}))
+            for seq, op, args in resend:
                 cmd_id = f"e{seq}" if seq else f"s{next(self._ids)}"
                 self._outbox.append((identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))
+
+    def _checkpoint_written(self, run: Run, msg: wire.Message) -> None:
+        try:
+            checkpoints.record_written(run, msg)
+        except Exception as exc:  # noqa: BLE001 - a bad message or a full disk: logged, never raised
+            log.error("checkpoint not journaled", run=run.run_id, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def _checkpoint_loaded(self, run: Run, path: str) -> None:
+        try:
+            checkpoints.record_loaded(run, path)
+        except Exception as exc:  # noqa: BLE001 - only the run book's last-used time is at stake
+            log.error("checkpoint load not journaled", run=run.run_id, error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _ack(self, run: Run, msg: wire.Message) -> None:
         cmd_id = str(msg.get("cmd_id"))
@@ -426,6 +473,8 @@ class ControlServer:
         step = int(msg.get("step", -1))
         if cmd_id.startswith("e"):
             run.record_applied(int(cmd_id[1:]), step, ok, str(msg.get("message", "")))
+        elif cmd_id == "resume" and ok:  # a resumed trainer loaded the checkpoint the welcome named
+            self._journaler.submit(self._checkpoint_loaded, run, str(msg.get("restored", "")))
         with run.lock:
             pending = run.pending.pop(cmd_id, None)
         if pending is not None:
@@ -455,11 +504,14 @@ class ControlServer:
         self.attachments.pop(att.identity, None)
         if att.drain.stop(final_drain=True, unlink=unlink):
             self.announced.discard(att.drain.reader.name)
+        others = any(a.run is att.run for a in list(self.attachments.values()))  # a job's other ranks
         with att.run.lock:
-            att.run.manifest["status"] = status
-            for pending in att.run.pending.values():
-                pending.done.set()  # nobody will answer these now
-            att.run.pending.clear()
+            if not others:
+                att.run.manifest["status"] = status
+            if not others or att.rank == 0:  # rank 0 takes a job's commands
+                for pending in att.run.pending.values():
+                    pending.done.set()  # nobody will answer these now
+                att.run.pending.clear()
             att.run.changed.notify_all()
         att.run.save_manifest()
         self._release_idle()
@@ -473,7 +525,7 @@ class ControlServer:
 
     def send_command(self, run: Run, op: str, args: dict[str, Any], *, edit_seq: int = 0) -> PendingCommand | None:
         """Queue a command for the run's trainer; None when no trainer is attached."""
-        att = next((a for a in list(self.attachments.values()) if a.run is run), None)
+        att = min((a for a in list(self.attachments.values()) if a.run is run), key=lambda a: a.rank, default=None)
         if att is None:
             return None
         cmd_id = f"e{edit_seq}" if edit_seq else f"q{next(self._ids)}"

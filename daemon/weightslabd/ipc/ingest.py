@@ -22,9 +22,10 @@ BATCH = 256
 
 
 class RingDrain:
-    def __init__(self, reader: RingReader, run: Run, sender: str) -> None:
+    def __init__(self, reader: RingReader, run: Run, sender: str, base: int = 0) -> None:
         self.reader = reader
         self.run = run
+        self.base = base  # added to ring positions: a resumed run's new ring continues after its old records
         self.sender = sender  # who wrote the ring, for error lines
         self.corrupt = 0
         self.store_failing = False
@@ -51,7 +52,7 @@ class RingDrain:
             try:
                 for rec in self.reader.records(limit):
                     try:
-                        self.run.apply_record(rec.type, rec.step, rec.payload, rec.position)
+                        self.run.apply_record(rec.type, rec.step, rec.payload, rec.position + self.base)
                     except OSError as exc:
                         # A full disk: leave the record in the ring (the trainer drops and counts what no
                         # longer fits) and try again; nothing stored, nothing lost beyond that.

@@ -211,10 +211,15 @@ class AuditLog:
 
 
 EDIT_COMMANDS = ("hyper_parameter_change", "deny_samples_operation", "deny_eval_samples_operation",
-                 "remove_from_denylist_operation", "remove_eval_from_denylist_operation")
-CLI_EDITS = frozenset({"pause", "resume", "tag", "untag", "discard", "restore"})
+                 "remove_from_denylist_operation", "remove_eval_from_denylist_operation",
+                 "save_checkpoint_operation", "load_checkpoint_operation", "plot_note_operation")
+CLI_EDITS = frozenset({"pause", "resume", "tag", "untag", "discard", "restore", "checkpoint"})
+# RPCs that change what the daemon keeps of runs (checkpoints restored, names, notes)
+RUN_EDITS = frozenset({"/ExperimentService/RestoreCheckpoint", "/ExperimentService/RenameExperimentRun",
+                       "/ExperimentService/SetExperimentRunNotes"})
 EXPERIMENT_COMMAND = "/ExperimentService/ExperimentCommand"
 EDIT_DATA_SAMPLE = "/ExperimentService/EditDataSample"
+APPLY_DATA_QUERY = "/ExperimentService/ApplyDataQuery"  # natural language: the agent may edit (agent/executor.py)
 CLI_METHOD = "/weightslabd.Cli/Execute"
 
 
@@ -225,8 +230,10 @@ def is_cli_edit(line: str) -> bool:
 
 def is_edit(method: str, request: Any) -> bool:
     """Whether a call may change the run (an edit the journal keeps): its audit line must be written."""
-    if method == EDIT_DATA_SAMPLE:
+    if method == EDIT_DATA_SAMPLE or method in RUN_EDITS:
         return True
+    if method == APPLY_DATA_QUERY and isinstance(request, Message):  # its line keeps the prompt and the outcome
+        return bool(getattr(request, "is_natural_language", False)) and bool(getattr(request, "query", "").strip())
     if method == EXPERIMENT_COMMAND and isinstance(request, Message):
         return any(request.HasField(name) for name in EDIT_COMMANDS
                    if name in request.DESCRIPTOR.fields_by_name)
@@ -246,6 +253,8 @@ def _edit_refusal(method: str, exc: OSError) -> Any:
         return pb.CommandResponse(success=False, message=message)
     if method == EDIT_DATA_SAMPLE:
         return pb.DataEditsResponse(success=False, message=message)
+    if method == APPLY_DATA_QUERY:
+        return pb.DataQueryResponse(success=False, message=message)
     if method == CLI_METHOD:
         return json.dumps({"ok": False, "error": message})
     return None

@@ -2,9 +2,10 @@
 
     <root>/<run id>/manifest.json    who and what (atomic replace on change)
                     signals.log      every ring record as received (framed; replayed at start)
-                    previews.log     input tensors of samples, for the preview cache
+                    previews.log     one encoded preview per sample (preview_store.py; + previews.index)
                     edits.journal    the user's edits, fsynced before they are acknowledged
-                    snapshot/        the records' state as of a position in the two logs (snapshot.py)
+                    snapshot/        the records' state as of a position in signals.log (snapshot.py)
+                    history/         full per-sample history chunks in Parquet (compactor.py; + history-by-sample/)
 
 Live records and replayed ones go through the same `apply_record`, so a restarted daemon rebuilds
 exactly the state it served before. A snapshot only shortens that: opening loads it, replays the
@@ -19,7 +20,6 @@ import os
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,28 +28,31 @@ from typing import Any
 
 import numpy as np
 import structlog
-from PIL import Image
 
 from weightslab_shim import records, wire
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslabd.store import snapshot
+from weightslabd.store import preview_encoder, snapshot
+from weightslabd.store.checkpoints import BOOK_KINDS, RunBook
+from weightslabd.store.compactor import HistoryCompactor, chunk_values
 from weightslabd.store.framedlog import FramedLog
 from weightslabd.store.history import SignalHistory
 from weightslabd.store.locks import WatchedLock
 from weightslabd.store.predictions_h5 import FILE_NAME as H5_FILE
 from weightslabd.store.predictions_h5 import PredictionsH5
+from weightslabd.store.preview_store import PreviewStore
 from weightslabd.store.previews import PreviewCache
 from weightslabd.store.private import make_private_dirs
+from weightslabd.store.ranks import RankMerge, lane
 from weightslabd.store.sample_signals import SampleSignals, fold_per_sample
 from weightslabd.store.samples import SampleTable
 
 STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring position
 log = structlog.get_logger("weightslabd.store.run")
 SIGNAL_RECORDS = frozenset({RecordType.STEP, RecordType.EVAL})
-RECENT_PREVIEW_FRAMES = 16
 H5_FLUSH_ROWS = 65536
 FOLD_KEY = "instance_aggregation"
+_MANIFEST_WRITES = threading.Lock()
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -88,6 +91,7 @@ class RunOptions:
     snapshot_every_records: int = snapshot.EVERY_RECORDS  # 0: only at close
     snapshot_every_bytes: int = snapshot.EVERY_BYTES
     snapshot_every_s: float = snapshot.EVERY_SECONDS
+    compact_history: bool = True  # full history chunks go to Parquet in the background (compactor.py)
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunOptions:
@@ -115,6 +119,7 @@ class Run:
         self.folder = folder
         self.options = options or RunOptions()
         self.edits_version = 0  # bumps on every applied deny or tag edit: views filtered on them re-evaluate
+        self.book = RunBook()  # checkpoints, names, notes, plot notes (store/checkpoints.py), from the journal
         self.run_id: str = manifest["run_id"]
         self.manifest = manifest
         self.lock = WatchedLock(f"run {self.run_id}")  # the watchdog sees who holds it, and for how long
@@ -127,14 +132,12 @@ class Run:
         self.dropped = 0
         self.changed = threading.Condition(self.lock)  # type: ignore[arg-type]  # WatchedLock speaks its protocol
         self.last_position = -1
+        self._lanes: dict[int, int] = {}  # per rank of a job, its last ring position applied (store/ranks.py)
+        world = int(manifest.get("world_size", 1)) if manifest.get("job") else 1
+        self._rank_merge = RankMerge(world) if world > 1 else None  # a job's curves: the mean over its ranks
         self.pending: dict[str, PendingCommand] = {}
         self.unacked_edits: dict[int, dict[str, Any]] = {}
-        # per split, where each sample's preview is in previews.log (-1: none yet); 8 bytes a sample
-        self.preview_offsets: dict[str, np.ndarray] = {}
         self._signal_home: dict[str, str] = {}
-        self._frames_lock = threading.Lock()
-        self._unreadable_paths = 0
-        self._recent_frames: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._seq = 0
         # What the records alone made, kept apart so a snapshot holds it exactly (see _capture):
         self._record_hparams: dict[str, Any] = {}  # every "hp" field, in order
@@ -143,9 +146,6 @@ class Run:
         self._ids_top: dict[str, int] = {}  # per split named in a record, its highest sample id
         self._pred_upto: dict[str, int] = {}  # per split, the last step with predictions for the HDF5 file
         o = self.options
-        self.preview_cache = PreviewCache(self.preview_array, max_entries=o.preview_cache_size,
-                                          default_longest=o.thumbnail_size, warmup_wait_ms=o.preview_warmup_wait_ms,
-                                          chunk_size=o.batch_chunk_size, preload=o.preload_previews)
         make_private_dirs(folder)  # the root log dir too, when this makes it: runs are private (0700)
         for split, size in (manifest.get("splits") or {}).items():
             self.samples.ensure_split(split, int(size))
@@ -153,8 +153,16 @@ class Run:
         # the final sizes from the start): snapshots stop until the next open (see _note_layout).
         self._layout_seen = self.samples.layout
         self._layout_sizes = {name: t.size for name, t in self.samples.splits.items()}
+        # previews at rest, kept apart from the records' state and snapshots (preview_store.py)
+        self.preview_store = PreviewStore(folder, self._split_size, self._previews_stored)
+        self.preview_cache = PreviewCache(self.preview_store.source, max_entries=o.preview_cache_size,
+                                          default_longest=o.thumbnail_size, warmup_wait_ms=o.preview_warmup_wait_ms,
+                                          chunk_size=o.batch_chunk_size, preload=o.preload_previews)
         self._exact = True
-        self.sample_signals = SampleSignals()
+        # Full history chunks go to Parquet under history/ (compactor.py): the run's memory stays flat.
+        self.compactor = HistoryCompactor(folder, self.run_id, lambda: self.sample_signals, lambda: self.signals.sync())
+        self._chunk_full = self.compactor.kick if o.compact_history else None
+        self.sample_signals = SampleSignals(chunk_values(), self._chunk_full)
         # Large flushes: h5py's cost is per call, not per row, and rows lost in a crash come back from
         # signals.log at the next start.
         self.predictions = PredictionsH5(folder / H5_FILE, flush_rows=H5_FLUSH_ROWS) if o.save_predictions_h5 else None
@@ -162,7 +170,6 @@ class Run:
         self._h5_saved_upto: dict[str, int] = {s: step for s, step in saved.items() if step is not None}
         loaded = self._load_snapshot()  # first: the logs need not scan again what it covers
         self.signals = FramedLog(folder / "signals.log", _known(loaded.cut.signals) if loaded else None)
-        self.previews = FramedLog(folder / "previews.log", _known(loaded.cut.previews) if loaded else None)
         self.journal = FramedLog(folder / "edits.journal")
         self._snapshot_lock = threading.Lock()  # one snapshot write at a time
         self._snapshot: snapshot.Written | None = None  # the current one: what the next write links chunks from
@@ -174,7 +181,12 @@ class Run:
                                            o.snapshot_every_records if o.snapshots else 0, o.snapshot_every_bytes,
                                            o.snapshot_every_s)
         self._replay(loaded)
-        self.preview_cache.start()  # the previews replayed above are offered: preloading starts now
+        if o.compact_history:
+            self.compactor.kick_if_due()
+        for split, held in self.preview_store.masks().items():  # what preloading may fill the cache with
+            self.preview_cache.offer(split, np.flatnonzero(held)[:o.preview_cache_size].tolist())
+        self.preview_cache.start()
+        self.preview_store.start()
 
     @contextmanager
     def holding(self, timeout: float) -> Iterator[None]:
@@ -202,9 +214,14 @@ class Run:
     def save_manifest(self) -> None:
         with self.lock:
             self.manifest.update(step=self.step, paused=self.paused, hparams=self.hparams,
-                                 splits={n: t.size for n, t in self.samples.splits.items()}, dropped=self.dropped)
+                                 splits={n: t.size for n, t in self.samples.splits.items()}, dropped=self.dropped,
+                                 book=self.book.summary())
             data = json.dumps(self.manifest, indent=1, default=str)
-        write_durably(self.folder / "manifest.json", data.encode())
+            self._manifest_seq = seq = getattr(self, "_manifest_seq", 0) + 1
+        with _MANIFEST_WRITES:  # writers share the temporary file's name; the newest state is written last
+            if seq >= getattr(self, "_manifest_written", 0):
+                write_durably(self.folder / "manifest.json", data.encode())
+                self._manifest_written = seq
 
     def _replay(self, loaded: snapshot.Loaded | None) -> None:
         """Rebuild the state: edits first, then the trainer's records, whose reported
@@ -225,10 +242,9 @@ class Run:
             else:
                 self._snapshot = loaded.written
         records = self._replay_log(self.signals, self._replay_record, loaded.cut.signals.end if loaded else 0)
-        previews = self._replay_log(self.previews, self._index_previews, loaded.cut.previews.end if loaded else 0)
         self.opened_from_snapshot, self.replayed_records = loaded is not None, records
         log.info("run opened", run=self.run_id, from_snapshot=loaded is not None, replayed_records=records,
-                 replayed_previews=previews, seconds=round(time.monotonic() - began, 3))
+                 seconds=round(time.monotonic() - began, 3))
 
     def _replay_log(self, store: FramedLog, apply: Any, start: int) -> int:
         count = 0
@@ -262,9 +278,9 @@ class Run:
             return f"it is of run {cut.run_id!r}"
         if cut.state["layout"] != [[name, t.size] for name, t in self.samples.splits.items()]:
             return "the run's splits are not those it was taken with"
-        for store, mark in ((self.signals, cut.signals), (self.previews, cut.previews)):
-            if not store.ends_frame(mark.end, mark.last_frame):
-                return f"{store.path.name} ({store.size} bytes) no longer holds the {mark.end} bytes it covers"
+        # (a snapshot of an older daemon also covers preview offsets in previews.log: ignored, see _adopt)
+        if not self.signals.ends_frame(cut.signals.end, cut.signals.last_frame):
+            return f"signals.log ({self.signals.size} bytes) no longer holds the {cut.signals.end} bytes it covers"
         if self.predictions is not None:
             for split, upto in cut.state["pred_upto"].items():
                 if upto > self._h5_saved_upto.get(split, -1):
@@ -280,12 +296,9 @@ class Run:
         st = cut.state
         for split, image in cut.tables.items():
             self.samples.splits[split].check_records(image)
-        for split, offsets in cut.preview_offsets.items():
-            if offsets.dtype != np.int64 or len(offsets) > self.samples.splits[split].size:
-                raise ValueError(f"preview offsets of {split!r} do not fit the split")
         history = SignalHistory()
         history.adopt(cut.history_version, cut.curves)
-        sample_signals = SampleSignals()
+        sample_signals = SampleSignals(chunk_values(), self._chunk_full)
         sample_signals.adopt(cut.stores)
         record_hparams = dict(st["hparams"])
         folds = {(str(source), str(how)) for source, how in st["folds"]}
@@ -305,12 +318,7 @@ class Run:
         if records_step is not None:
             self.step = max(self.step, records_step)
         self.last_position = last_position
-        for split, offsets in cut.preview_offsets.items():
-            self.preview_offsets[split] = offsets
-            grown = self._offsets_of(split)
-            if grown is not None:
-                ids = np.flatnonzero(grown >= 0)
-                self.preview_cache.offer(split, ids[np.argsort(grown[ids], kind="stable")].tolist())
+        self._lanes = {lane(last_position): last_position}
 
     def _capture(self) -> snapshot.Cut | None:
         """The records' state now, under the run lock (None: nothing new, or snapshots are off for now)."""
@@ -321,7 +329,7 @@ class Run:
                 return None
             layout = [[name, t.size] for name, t in self.samples.splits.items()]
             last = self._snapshot
-            if (last is not None and last.signals_end == self.signals.size and last.previews_end == self.previews.size
+            if (last is not None and last.signals_end == self.signals.size
                     and last.meta["state"]["layout"] == layout):
                 return None
             state = {"step": self._records_step, "last_position": self.last_position,
@@ -330,10 +338,9 @@ class Run:
                      "layout": layout}
             version, curves = self.history.image()
             return snapshot.Cut(self.run_id, snapshot.LogMark(self.signals.size, self.signals.last_frame),
-                                snapshot.LogMark(self.previews.size, self.previews.last_frame), state,
+                                snapshot.LogMark(0, None), state,  # previews: none (previews.index is theirs)
                                 {name: t.record_image() for name, t in self.samples.splits.items()},
-                                {name: o.copy() for name, o in self.preview_offsets.items()}, version, curves,
-                                self.sample_signals.images())
+                                {}, version, curves, self.sample_signals.images())
 
     def write_snapshot(self) -> snapshot.Written | None:
         """Write a snapshot of the records' state now: at close, and from the background (Periodic).
@@ -349,8 +356,7 @@ class Run:
             try:
                 if self.predictions is not None and not self.predictions.flush():
                     raise OSError(f"{H5_FILE} could not be written, and the snapshot would cover its rows")
-                self.signals.sync()  # never cover what the logs might still lose
-                self.previews.sync()
+                self.signals.sync()  # never cover what the log might still lose
                 written = snapshot.write(self.folder / snapshot.DIR, cut, self._snapshot)
             except Exception as exc:  # noqa: BLE001 - ENOSPC and the like: keep running on the logs
                 if not self._snapshot_failing:
@@ -392,7 +398,9 @@ class Run:
             return
         self._closed = True
         self._periodic.stop()
+        self.compactor.stop(finish=self.options.compact_history)  # the snapshot below names the files
         self.preview_cache.stop()
+        self.preview_store.close()  # encodes what is queued, then indexes the log
         if self.predictions is not None:
             self.predictions.close()  # first: the snapshot may cover only rows the file holds
         self.save_manifest()
@@ -403,7 +411,7 @@ class Run:
                 self.write_snapshot()
             else:
                 snapshot.remove(self.folder / snapshot.DIR)  # taken before the change: no longer usable
-        for framed in (self.signals, self.previews, self.journal):
+        for framed in (self.signals, self.journal):
             framed.close()
 
     # -- records from the trainer --------------------------------------------------------------------
@@ -413,15 +421,14 @@ class Run:
         restart). Raises MalformedPayload (nothing stored) or OSError (nothing stored: retry later)."""
         fields = records.decode(payload)  # a record that does not decode is never stored
         with self.lock:
-            if position <= self.last_position:
+            if position <= self._lanes.get(lane(position), -1):
                 return False
             if self.samples.layout != self._layout_seen:
                 self._note_layout()
             stamp = int(time.time() * 1000)
             if rtype == RecordType.PREVIEW:
-                offset = self.previews.append(payload)
                 self.signals.append(STORED.pack(rtype, step, stamp, position))
-                self._index_previews(offset, payload, fields)
+                self.preview_store.ingest(fields)  # queued for the encoder: never encoded here
                 self.last_position = position
                 self._periodic.arrived(len(payload))
                 return True
@@ -433,6 +440,7 @@ class Run:
 
     def _apply(self, rtype: int, step: int, fields: dict[str, np.ndarray], stamp: int, position: int) -> None:
         self.last_position = max(self.last_position, position)
+        self._lanes[lane(position)] = max(self._lanes.get(lane(position), -1), position)
         if rtype not in SIGNAL_RECORDS:
             return
         curves: dict[str, list[np.ndarray]] = {}
@@ -495,10 +503,13 @@ class Run:
                 table.count_encounters(np.unique(named))
         for name, parts_ in curves.items():
             values = np.concatenate(parts_) if len(parts_) > 1 else parts_[0]
-            finite = values[np.isfinite(values)]
-            if finite.size == 0:
-                continue
-            self.history.append(name, step, float(finite.mean()), float(finite.min()), float(finite.max()), stamp)
+            points = [(name, step, values)] if self._rank_merge is None else self._rank_merge.add(
+                name, step, values, lane(position))
+            for curve, at, merged in points:
+                finite = merged[np.isfinite(merged)]
+                if finite.size:
+                    self.history.append(curve, at, float(finite.mean()), float(finite.min()), float(finite.max()),
+                                        stamp)
         # Model age: training steps completed, as far as the records applied so far tell (it follows
         # ingest, like the curves). A training record's step is its index; an evaluation's the count.
         reached = step + 1 if rtype == RecordType.STEP else step
@@ -532,101 +543,30 @@ class Run:
         home = self._signal_home.setdefault(signal, split)
         return signal if home == split else f"{signal}/{split}"
 
-    def _index_previews(self, offset: int, payload: bytes | memoryview,
-                        fields: dict[str, np.ndarray] | None = None) -> None:
-        for key, arr in (records.decode(payload) if fields is None else fields).items():
-            parts = key.split(SEP)
-            if parts[0] == "pids" and len(parts) == 3:
-                ids = arr.reshape(-1).astype(np.int64)
-                if ids.size:
-                    self._ids_top[parts[1]] = max(self._ids_top.get(parts[1], -1), int(ids.max()))
-                offsets = self._offsets_of(parts[1])
-                if offsets is None:
-                    continue  # previews only of registered splits: never sized from a record's ids
-                ids = ids[(ids >= 0) & (ids < len(offsets))]
-                offsets[ids] = offset
-                self.preview_cache.offer(parts[1], ids.tolist())
-
-    def _offsets_of(self, split: str) -> np.ndarray | None:
+    def _split_size(self, split: str) -> int | None:
         table = self.samples.get(split)
-        if table is None:
-            return None
-        offsets = self.preview_offsets.get(split)
-        if offsets is None or len(offsets) < table.size:  # new, or the split grew
-            grown = np.full(table.size, -1, dtype=np.int64)
-            if offsets is not None:
-                grown[:len(offsets)] = offsets
-            offsets = self.preview_offsets[split] = grown
-        return offsets
+        return None if table is None else table.size
+
+    def _previews_stored(self, split: str, ids: list[int], renewed: list[int]) -> None:
+        """New previews at rest (from the encoder's thread): thumbnails of older ones are stale."""
+        self.preview_cache.forget(split, renewed)
+        self.preview_cache.offer(split, ids)
 
     def preview_array(self, split: str, sample_id: int) -> np.ndarray | None:
-        """The input the trainer sent for one sample (None if it has sent none yet)."""
-        with self.lock:
-            offsets = self.preview_offsets.get(split)
-            offset = int(offsets[sample_id]) if offsets is not None and 0 <= sample_id < len(offsets) else -1
-        if offset < 0:
-            return None
-        fields = self._preview_frame(offset)
-        for key, ids in fields.items():
-            parts = key.split(SEP)
-            if parts[0] != "pids" or len(parts) != 3 or parts[1] != split:
-                continue
-            hits = np.flatnonzero(ids.reshape(-1) == sample_id)
-            if not hits.size:
-                continue
-            original = self._original_image(fields.get(f"xpath{SEP}{split}{SEP}{parts[2]}"), int(hits[0]))
-            if original is not None:
-                return original
-            inputs = fields.get(f"x{SEP}{split}{SEP}{parts[2]}")
-            if inputs is not None and len(inputs) > hits[0]:
-                return np.asarray(inputs[hits[0]])
-        return None
-
-    def _original_image(self, paths_field: np.ndarray | None, index: int) -> np.ndarray | None:
-        """The sample's image file, when the trainer named one and this daemon can read it: full
-        resolution and before augmentation, so a better picture than the training tensor."""
-        if paths_field is None:
-            return None
-        try:
-            path = records.as_json(paths_field)["paths"][index]
-            if not path:
-                return None
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
-        except (OSError, ValueError, KeyError, IndexError, TypeError, Image.DecompressionBombError) as exc:
-            if self._unreadable_paths < 3:  # the tensor serves instead; say why, a few times
-                log.warning("sample image file unreadable, using the training tensor", run=self.run_id,
-                            error=f"{type(exc).__name__}: {exc}"[:300])
-            self._unreadable_paths += 1
-            return None
-
-    def _preview_frame(self, offset: int) -> dict[str, np.ndarray]:
-        """Decoded preview records, a few kept: a page of thumbnails mostly reads neighbours."""
-        with self._frames_lock:
-            fields = self._recent_frames.get(offset)
-            if fields is not None:
-                self._recent_frames.move_to_end(offset)
-                return fields
-        fields = records.decode(self.previews.read_at(offset))
-        with self._frames_lock:
-            self._recent_frames[offset] = fields
-            while len(self._recent_frames) > RECENT_PREVIEW_FRAMES:
-                self._recent_frames.popitem(last=False)
-        return fields
+        """The sample's picture as an array (its image file, else its preview at rest); None if none yet."""
+        picture = self.preview_store.source(split, sample_id)
+        if picture is None or isinstance(picture, np.ndarray):
+            return picture
+        return np.asarray(preview_encoder.decode(picture))
 
     def thumbnails(self, keys: list[tuple[str, int]], width: int, height: int) -> list[bytes | None]:
         """Encoded images for the grid, from the preview cache (Studio resize rules)."""
+        self.preview_store.looked(keys)  # a newer input of these is worth encoding again
         return self.preview_cache.get_many(keys, width, height)
 
     def preview_masks(self) -> dict[str, str]:
         """Per split, which samples the daemon has a preview of, packed for the welcome message."""
-        with self.lock:
-            out = {}
-            for split in self.preview_offsets:
-                offsets = self._offsets_of(split)
-                if offsets is not None:
-                    out[split] = wire.pack_mask(offsets >= 0)
-            return out
+        return {split: wire.pack_mask(held) for split, held in self.preview_store.masks().items()}
 
     # -- the user's edits --------------------------------------------------------------------------
 
@@ -657,6 +597,8 @@ class Run:
             if table is not None:
                 table.edit_tags(np.asarray(entry["ids"], dtype=np.int64), list(entry["tags"]), entry["mode"])
             self.edits_version += 1
+        elif kind in BOOK_KINDS:
+            self.book.apply(entry)
         elif kind == "applied":
             done = self.unacked_edits.pop(int(entry["edit"]), None)
             if done is not None and done.get("kind") == "hparams":

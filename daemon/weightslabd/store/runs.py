@@ -137,6 +137,7 @@ class RunRegistry:
                         "run_id": run_id, "run_name": hello.get("run_name", run_id), "created": time.time(),
                         "script_dir": hello.get("script_dir"), "host": hello.get("host"),
                         "rank": hello.get("rank", 0), "world_size": hello.get("world_size", 1),
+                        "job": hello.get("job"),  # a torchrun job: its ranks' records share this run
                     }, self.options)
                 self.runs[run_id] = run
                 self.known[run_id] = run.folder
