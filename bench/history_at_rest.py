@@ -12,9 +12,11 @@ full chunks (4 Mi values) to Parquet in the background. At each size of --values
 - **slices**: break-by-slices over every value (`slice_curve`, a 10% tag mask, 200 points), best of 2;
 - **trajectory** of 10 samples and **step samples** of a step half way (read only the row groups they need);
 - **disk**: Parquet bytes a value (LZ4) in `history/`, in the by-sample copy `history-by-sample/` (the
-  trajectories' index), and `signals.log` bytes a value (the log, not trimmed).
+  trajectories' index), and `signals.log` bytes a value on disk (allocated blocks: the log is trimmed after
+  each snapshot, background ones as the daemon takes them, store/log_trim.py).
 
-At the end the run is closed (snapshot) and opened again: **open** seconds, and the RSS after it.
+At the end the run is closed (snapshot) and opened again: **open** seconds, and the RSS after it; then the
+run folder's disk use a value, in all (Parquet, by-sample copy, snapshot, signals.log).
 
     .venv/bin/python bench/history_at_rest.py [--values 100M,300M] [--batch 4096] [--samples 1000000] [--quick]
     .venv/bin/python bench/history_at_rest.py --values 100M,300M,1G      # the billion: ~15 GB of disk
@@ -37,10 +39,15 @@ import numpy as np
 from weightslab_shim import records
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslabd.store import parquet_history
+from weightslabd.store import parquet_history, snapshot
 from weightslabd.store.run import Run, RunOptions
 
-OPTIONS = RunOptions(save_predictions_h5=False, preload_previews=False, snapshot_every_records=0)
+OPTIONS = RunOptions(save_predictions_h5=False, preload_previews=False, trim_signals_log=True)
+
+
+def on_disk(path: Path) -> int:
+    """Bytes a file's allocated blocks take (a trimmed log's hole takes none)."""
+    return path.stat().st_blocks * 512 if path.exists() else 0
 
 
 def rss_mb() -> float:
@@ -141,7 +148,7 @@ def main() -> None:
             at_rest = sum(part.used for part, _ in store.rows() if part is not None)
             pq_bytes = parquet_history.disk_bytes(folder) / max(1, at_rest)
             idx_bytes = parquet_history.disk_bytes(folder, parquet_history.BY_SAMPLE_DIR) / max(1, at_rest)
-            log_bytes = run.signals.size / n
+            log_bytes = on_disk(folder / "signals.log") / n
             rows.append((n, rss, slices))
             print(f"{n:>14,} {store.records:>9,} {feeder.seconds:>7.0f} {rss:>7,.0f} {rss - base:>8,.0f} "
                   f"{plot:>8.1f} {slices:>10.0f} {traj:>8.0f} {step:>8.1f} {pq_bytes:>9.2f} {idx_bytes:>9.2f} "
@@ -158,6 +165,14 @@ def main() -> None:
               f"(from snapshot: {reopened.opened_from_snapshot}, records replayed {reopened.replayed_records}); "
               f"RSS after open {rss_mb():,.0f} MB (+{rss_mb() - before_open:,.0f} MB)")
         reopened.close()
+        n = feeder.values
+        parts = {"history/": parquet_history.disk_bytes(folder),
+                 "history-by-sample/": parquet_history.disk_bytes(folder, parquet_history.BY_SAMPLE_DIR),
+                 "snapshot/": sum(on_disk(p) for p in (folder / snapshot.DIR).rglob("*") if p.is_file()),
+                 "signals.log": on_disk(folder / "signals.log")}
+        print(f"\ndisk after close, {n:,} values: " + ", ".join(f"{k} {v / n:.2f} B/val" for k, v in parts.items())
+              + f"; in all {sum(parts.values()) / n:.2f} B/val = {sum(parts.values()) / n:.1f} GB per billion values "
+              f"(signals.log {(folder / 'signals.log').stat().st_size / n:.2f} B/val untrimmed)")
         if len(rows) >= 2:
             (n0, r0, _), (n1, r1, s1) = rows[-2], rows[-1]
             slope = (r1 - r0) / (n1 - n0) * 1e9

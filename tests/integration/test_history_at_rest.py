@@ -3,6 +3,7 @@ half-written file; the restarted daemon serves exactly what it served, with the 
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from weightslabd.proto import experiment_service_pb2 as pb
-from weightslabd.store import compactor, parquet_history, snapshot
+from weightslabd.store import compactor, log_trim, parquet_history, snapshot
 
 from .harness import Daemon, Trainer, history, run_folder, wait_for
 from .test_snapshots import last_open, served
@@ -61,7 +62,8 @@ def kill_paused_at(daemon: Daemon, env: dict[str, str], folder: Path, point: str
 @pytest.mark.timeout(120)
 def test_sigkill_at_random_points_of_a_compaction_loses_nothing(env: dict[str, str], tmp_path: Path) -> None:
     points = random.Random().sample(parquet_history.POINTS, 2)  # every point is covered over a few runs
-    env = dict(env, **{compactor.CHUNK_ENV: str(CHUNK)})
+    trimming = dict(env, **{compactor.CHUNK_ENV: str(CHUNK)})
+    env = dict(trimming, **{log_trim.KEEP_ENV: "1"})  # the whole log kept: the second part replays it all
     daemon = Daemon(dict(env, **{parquet_history.PAUSE_ENV: points[0]}), tmp_path / "daemon.log").start()
     try:
         stub = daemon.stub()
@@ -85,6 +87,21 @@ def test_sigkill_at_random_points_of_a_compaction_loses_nothing(env: dict[str, s
         daemon.start()
         opened = last_open(daemon)
         assert opened["from_snapshot"] is True and opened["replayed_records"] == 0, opened
+        assert reads(daemon.stub()) == before
+
+        # Trimming, as by default: the reopening daemon gives back the log's prefix its snapshot covers,
+        # and a SIGKILL after that still opens to the same state.
+        daemon.stop()
+        log_path = folder / "signals.log"
+        size, whole = log_path.stat().st_size, os.stat(log_path).st_blocks * 512
+        daemon.env = trimming
+        daemon.start()
+        assert reads(daemon.stub()) == before
+        assert log_trim.read(folder) is not None and log_path.stat().st_size == size
+        assert os.stat(log_path).st_blocks * 512 < whole // 2, (os.stat(log_path).st_blocks * 512, whole)
+        daemon.kill()
+        daemon.start()
+        assert last_open(daemon)["from_snapshot"] is True
         assert reads(daemon.stub()) == before
     finally:
         daemon.stop()

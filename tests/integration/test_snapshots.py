@@ -6,12 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from weightslabd.proto import experiment_service_pb2 as pb
-from weightslabd.store import snapshot
+import pytest
 
-from .harness import Daemon, Trainer, history, run_folder, wait_for
+from weightslabd.proto import experiment_service_pb2 as pb
+from weightslabd.store import log_trim, snapshot
+
+from .harness import Daemon, Trainer, base_env, history, run_folder, wait_for
 
 STEPS = 150
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """This file's daemons keep all of signals.log (log_trim.py): the snapshot is then only an accelerator."""
+    return dict(base_env(tmp_path), **{log_trim.KEEP_ENV: "1"})
 
 
 def served(stub: Any) -> dict[str, Any]:

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from weightslabd.store import parquet_history, snapshot
+from weightslabd.store import log_trim, parquet_history, snapshot
 from weightslabd.store.framedlog import read_frames
 from weightslabd.store.run import Run, RunOptions
 
-RUN_FILES = ("manifest.json", "edits.journal")
+RUN_FILES = ("manifest.json", "edits.journal", log_trim.FILE)  # the trim mark: the copy never scans its hole
 _WORK = ".export-work"
 
 
@@ -81,7 +81,8 @@ def export(folder: Path, target: Path, options: RunOptions | None = None) -> dic
         raise ExportError(f"{target} is not an empty folder")
     target.mkdir(parents=True, exist_ok=True)
     options = dataclasses.replace(options or RunOptions(), save_predictions_h5=False, preload_previews=False,
-                                  snapshots=True, snapshot_every_records=0, compact_history=True)
+                                  snapshots=True, snapshot_every_records=0, compact_history=True,
+                                  trim_signals_log=False)
     work = target / _WORK
     try:
         run = _open_copy(folder, work, options, whole_log=False)

@@ -56,17 +56,24 @@ def read_frames(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
 
 
 class FramedLog:
-    def __init__(self, path: Path, known: tuple[int, tuple[int, int] | None] | None = None) -> None:
+    def __init__(self, path: Path, known: tuple[int, tuple[int, int] | None] | None = None,
+                 floor: tuple[int, tuple[int, int] | None] | None = None) -> None:
         """`known`: (end, (offset, crc) of the frame ending there) of a prefix not to scan again, if it
-        is still this file's (else the whole file is scanned, as without it)."""
+        is still this file's (else the whole file is scanned, as without it). `floor`: the same for a
+        prefix given up (a trimmed log, log_trim.py): used when `known` is not, and never scanned."""
         self.path = path
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.torn_bytes = 0
         self.last_frame: tuple[int, int] | None = None  # (offset, crc) of the last good frame: names a prefix
-        self.skipped = known[0] if known is not None and self._holds(*known) else 0  # bytes not scanned
-        if self.skipped:
-            self.last_frame = known[1] if known is not None else None
+        self.skipped = 0  # bytes not scanned
+        for prefix in (known, floor):
+            if prefix is not None and self._holds(*prefix):
+                self.skipped, self.last_frame = prefix
+                break
+        else:
+            if floor is not None and floor[1] is not None:
+                raise OSError(f"{path}: trimmed to {floor[0]} bytes, but its frame there is gone")
         good = self._scan_end(self.skipped)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         size = os.fstat(self._fd).st_size

@@ -365,6 +365,11 @@ def load(root: Path) -> Loaded | None:
     return Loaded(Written(name, meta), cut)
 
 
+def mark_of(written: Written) -> LogMark:
+    """The prefix of signals.log a snapshot covers."""
+    return _mark(written.meta["logs"]["signals"])
+
+
 def _mark(value: list[Any]) -> LogMark:
     end, frame = value
     return LogMark(int(end), None if frame is None else (int(frame[0]), int(frame[1])))
