@@ -1,10 +1,10 @@
 """Checkpoints, written by the trainer: the whole training state at a step boundary.
 
 A checkpoint holds the models, the optimizers, every loader's sampler (epoch order, position, deny
-mask, batch size, its random generator), the hyperparameters, the random states (Python, numpy,
-torch, CUDA) and the step. On the training thread only the copy to host memory happens (tensors
-cloned to the CPU); a background thread writes it (temporary file, fsync, rename, mode 0600) and then
-tells the daemon, which journals it. torch is imported only when the training already did.
+mask, batch size, its random generator; a job's sharded sampler its epoch count), the hyperparameters,
+the random states (Python, numpy, torch, CUDA) and the step. On the training thread only the copy to
+host memory happens (tensors cloned to the CPU); a background thread writes it (temporary file, fsync,
+rename, mode 0600) and then tells the daemon, which journals it. torch is imported only when the training already did.
 
 Auto-checkpoints: hyperparameter `checkpoint_frequency` (N > 0: every N training steps; the Studio's
 `checkpont_frequency` field edits it), keeping the newest `checkpoint_keep_last` files (default 5).
@@ -160,6 +160,8 @@ def loader_state(loader: Any) -> dict[str, Any]:
         epoch = {"order": sampler.order.copy(), "cursor": int(cursor)}
     state = {"denied": sampler.denied.copy(), "batch_size": sampler.batch_size,
              "rng": copy.deepcopy(sampler._rng.bit_generator.state), "epoch": epoch}
+    if hasattr(sampler, "epoch"):  # a job's sharded sampler: the epoch that seeds the next order
+        state["sampler_epoch"] = int(sampler.epoch)
     generator = getattr(loader._loader, "generator", None) if loader._loader is not None else None
     if generator is not None:
         state["generator"] = generator.get_state()
@@ -178,6 +180,8 @@ def set_loader_state(loader: Any, state: dict[str, Any]) -> None:
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
     epoch = state.get("epoch")
+    if "sampler_epoch" in state and hasattr(sampler, "epoch"):  # an epoch in progress counts itself again
+        sampler.epoch = int(state["sampler_epoch"]) - (epoch is not None)
     if epoch is None:
         loader._iter = None
     else:  # made now: a DataLoader draws its seed here, and the random states are set after this

@@ -46,6 +46,12 @@ def job_of(env: Mapping[str, str]) -> str | None:
     return "job-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def restart_of(env: Mapping[str, str]) -> int:
+    """How many times torchrun's elastic agent has restarted this job's workers (0 the first time)."""
+    count = env.get("TORCHELASTIC_RESTART_COUNT", "").strip()
+    return int(count) if count.isdigit() else 0
+
+
 class ShardedBatchSampler(DenyAwareBatchSampler):
     """Deny-aware batches of this rank's share of each epoch (see the module docstring)."""
 

@@ -23,7 +23,7 @@ import numpy as np
 from . import records, wire
 from .channel import ControlChannel
 from .checkpoints import Checkpointer
-from .distributed import StepSync, job_of
+from .distributed import StepSync, job_of, restart_of
 from .evaluation import Evaluator, cancel_message
 from .previews import preview_bytes
 from .previews import reduce as reduce_previews
@@ -75,6 +75,7 @@ class Session:
         self.ring_bytes = int(_positive(env, "WEIGHTSLAB_RING_MB", RING_MB_DEFAULT) * 1024 * 1024)
         self.rank, self.world_size = _distributed(env)
         self.job = job_of(env)  # a torchrun job: every rank attaches to one run (distributed.py)
+        self.restart = restart_of(env) if self.job else 0  # torchrun's elastic restarts so far
         self.sync = StepSync(self.rank, self.world_size) if self.job and self.world_size > 1 else None
         self.step = 0
         self.hparams: dict[str, Any] = {}
@@ -162,6 +163,7 @@ class Session:
         return {
             "type": wire.HELLO, "protocol": wire.PROTOCOL_VERSION, "pid": self._pid,
             "host": socket.gethostname(), "rank": self.rank, "world_size": self.world_size, "job": self.job,
+            "restart": self.restart,
             "run_name": self.run_name, "run_id": self.run_id, "script_dir": self.script_dir,
             "script_dir_id": self._script_dir_id,
             "splits": dict(self.splits), "hparams": _jsonable(self.hparams), "step": self.step,

@@ -18,6 +18,7 @@ import pytest
 from weightslabd.proto import experiment_service_pb2 as pb
 
 from .harness import Daemon, history, hparams, set_hparams, wait_for
+from .test_cli_server import grpc_cli
 from .test_edits import deny
 
 DDP_TRAINER = Path(__file__).resolve().parent / "ddp_trainer.py"
@@ -40,11 +41,11 @@ def loss_steps(stub: Any) -> list[int]:
     return [p.model_age for p in history(stub) if p.metric_name == "loss"]
 
 
-def start_job(env: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
+def start_job(env: dict[str, str], tmp: Path, *torchrun: str) -> subprocess.Popen[bytes]:
     """The 2-rank job; it stops at the first step boundary after tmp/stop exists."""
     with open(tmp / "torchrun.out", "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 f"--nproc_per_node={WORLD}", str(DDP_TRAINER), "--log-dir", str(tmp),
+                                 f"--nproc_per_node={WORLD}", *torchrun, str(DDP_TRAINER), "--log-dir", str(tmp),
                                  "--until", str(tmp / "stop"), "--step-sleep", "0.005"],
                                 env={**env, "WEIGHTSLAB_RUN_NAME": "ddp"}, stdout=out, stderr=subprocess.STDOUT)
 
@@ -152,3 +153,38 @@ def test_the_ranks_train_on_through_a_daemon_restart_and_reattach_to_their_run(
     wait_for(lambda: sorted(set(loss_steps(stub))) == steps, 10, "every step of both rings drained")
     runs = stub.ListExperimentRuns(pb.ListExperimentRunsRequest(), timeout=5).runs
     assert len(runs) == 1, runs
+
+
+@pytest.mark.timeout(120)
+def test_a_rank_killed_comes_back_through_torchruns_restart_into_the_same_run(
+        daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
+    proc = start_job(env, tmp_path, "--max-restarts=1")
+    try:
+        stub = daemon.stub()
+        wait_for(lambda: len(loss_steps(stub)) > 8, 40, "the job's first steps")
+        os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGKILL)  # torchrun restarts both workers
+
+        def restarted(rank: int) -> list[dict[str, Any]]:
+            return [d for d in rank_log(tmp_path, rank) if d["restart"] == 1]
+
+        wait_for(lambda: all(len(restarted(r)) > 8 for r in range(WORLD)), 60, "the restarted workers stepping")
+        restarts = wait_for(lambda: grpc_cli(daemon, "status")["restarts"], 10, "the restart in the status")
+        assert [(e["restart"], e["step"] > 8) for e in restarts] == [(1, True)], restarts
+        (tmp_path / "stop").touch()
+        assert proc.wait(30) == 0, (tmp_path / "torchrun.out").read_text()
+    finally:
+        end(proc, tmp_path)
+    runs = stub.ListExperimentRuns(pb.ListExperimentRunsRequest(), timeout=5).runs
+    assert len(runs) == 1, runs  # the restarted ranks' job id is the first ones': the same run
+    again = [restarted(r) for r in range(WORLD)]
+    steps = [d["step"] for d in again[0]]
+    assert steps == list(range(len(steps))) == [d["step"] for d in again[1]]  # counted from 0 again
+    # The new workers' records reach the run (their rings start past the old ones in each lane), and
+    # their curve is merged afresh over both: the last len(steps) points are theirs, step by step.
+    wait_for(lambda: loss_steps(stub)[-len(steps):] == steps, 10, "the restarted workers' curve")
+    points = [p for p in history(stub) if p.metric_name == "loss"][-len(steps):]
+    for s, point in zip(steps, points, strict=True):
+        per_rank = [sum(log[s]["losses"]) / len(log[s]["losses"]) for log in again]
+        values = [v for log in again for v in log[s]["losses"]]
+        assert point.metric_value == pytest.approx(sum(values) / len(values), rel=1e-4), f"step {s}"
+        assert (point.value_min, point.value_max) == pytest.approx((min(per_rank), max(per_rank)), rel=1e-4)

@@ -44,7 +44,7 @@ log = structlog.get_logger("weightslabd.cli")
 CLI_METHOD = "/weightslabd.Cli/Execute"
 HELP = {
     "help": "this list",
-    "status": "the current run: name, step, state, splits, curves",
+    "status": "the current run: name, step, state, splits, curves, a job's restarts",
     "hp": "the hyperparameters as the daemon holds them",
     "hp set KEY=VALUE ...": "change hyperparameters (learning_rate, batch_size, training_steps_to_do, ...)",
     "pause / resume": "stop or restart training at the next step boundary",
@@ -99,6 +99,7 @@ class CliCommands:
         total, in_loop, denied = run.samples.counts()
         return {"ok": True, "run": run.run_id, "name": run.manifest.get("run_name"), "step": run.step,
                 "state": run.manifest.get("status"), "paused": run.paused, "dropped": run.dropped,
+                "restarts": list(run.manifest.get("restarts") or ()),
                 "splits": {n: t.size for n, t in run.samples.splits.items()}, "samples": total,
                 "in_loop": in_loop, "discarded": denied, "curves": run.history.names(),
                 "previews": run.preview_cache.stats(), "previews_at_rest": run.preview_store.stats()}

@@ -28,7 +28,7 @@ from weightslab_shim import wire
 from weightslab_shim.ring import RingError, RingReader, list_rings, shm_path, unlink
 from weightslab_shim.runtime import control_endpoint, is_ring_name, is_run_id, ring_prefix
 from weightslabd.ipc.ingest import RingDrain
-from weightslabd.ipc.jobs import Jobs, hello_for_job, job_and_rank, lane_base
+from weightslabd.ipc.jobs import Jobs, hello_for_job, job_and_rank, restart_of, ring_base
 from weightslabd.store import checkpoints
 from weightslabd.store.run import PendingCommand, Run
 from weightslabd.store.runs import RunRegistry
@@ -377,6 +377,7 @@ class ControlServer:
         if resumed is not None:
             msg, run_id = dict(msg, run_id=resumed), resumed
         job, rank = job_and_rank(msg)
+        restart = restart_of(msg) if job else 0
         job_run = self.jobs.run_of(job) if job and resumed is None else None
         if job_run is not None and self.registry.get(job_run) is not None:  # a later rank of a known job
             msg, run_id = hello_for_job(msg, job_run), job_run
@@ -406,9 +407,10 @@ class ControlServer:
             raise
         known = self.announced.rings.get(ring_name) or {}
         base = int(known.get("base", run.last_position + 1 if resumed and not known else 0))
-        if job:
-            base = lane_base(rank)
+        if job:  # a ring seen before keeps its base; a new one (a restarted rank's) follows its lane
+            base = int(known["base"]) if known else ring_base(rank, restart, run.lane_next(rank))
             self.jobs.note(job, run_id)
+            self._note_restart(run, rank, restart)
         extra = {"run": run_id, "base": base} if resumed or job else {}
         self.announced.add(ring_name, ring_run_id, pid, **extra)
         drain = RingDrain(reader, run, f"pid {pid} run {run_id}" + (f" rank {rank}" if job else ""), base)
@@ -454,6 +456,26 @@ class ControlServer:
             for seq, op, args in resend:
                 cmd_id = f"e{seq}" if seq else f"s{next(self._ids)}"
                 self._outbox.append((identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))
+
+    def _note_restart(self, run: Run, rank: int, restart: int) -> None:
+        """The first rank of a worker group torchrun restarted: the run's curves start merging afresh,
+        and the restart is journaled (off this thread) into the manifest's `restarts`."""
+        with run.lock:
+            if restart <= run.job_restart:
+                return
+            run.job_restart = restart
+        run.new_worker_group()
+        log.warning("torchrun restarted the job's workers; they re-attach to the run", run=run.run_id,
+                    restart=restart, rank=rank, step=run.step)
+        self._journaler.submit(self._restart_recorded, run, {"kind": "restart", "restart": restart, "rank": rank,
+                                                             "step": run.step})
+
+    def _restart_recorded(self, run: Run, entry: dict[str, Any]) -> None:
+        try:
+            run.journal_edit(entry)
+            run.save_manifest()
+        except OSError as exc:
+            log.error("restart not journaled", run=run.run_id, error=str(exc)[:300])
 
     def _checkpoint_written(self, run: Run, msg: wire.Message) -> None:
         try:

@@ -4,6 +4,8 @@ The first rank to say hello makes the run (under its own run id); the others' he
 job and are attached to it. Each rank's ring positions are moved into a lane of their own (rank <<
 LANE_BITS), so the run keeps one order of records per rank (`Run` checks duplicates per lane). The map
 is kept in the private runtime directory, so a restarted daemon puts re-attaching ranks back in their run.
+A worker group torchrun restarted names the same job with a higher `restart`: its rings continue their
+lanes (`ring_base`), and the control server journals the restart.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ MAX_RANKS = 1 << 14
 JOB_ID = re.compile(r"job-[0-9a-f]{16}")
 FILE = "jobs.json"
 KEEP = 200  # jobs remembered (the newest)
+RESTART_BITS = 40  # a restarted worker group's rings start in a lane at restart << RESTART_BITS
+RESTART_SLOTS = 1 << (LANE_BITS - RESTART_BITS)
 
 
 def job_and_rank(hello: wire.Message) -> tuple[str | None, int]:
@@ -41,8 +45,23 @@ def job_and_rank(hello: wire.Message) -> tuple[str | None, int]:
     return job, rank
 
 
+def restart_of(hello: wire.Message) -> int:
+    """The torchrun restart count a job's hello names (0 if none). Raises ValueError on a bad one."""
+    restart = hello.get("restart", 0)
+    if isinstance(restart, bool) or not isinstance(restart, int) or not 0 <= restart < 1 << 20:
+        raise ValueError(f"restart {str(restart)[:40]!r} is not a restart count (0 <= n < 2**20)")
+    return restart
+
+
 def lane_base(rank: int) -> int:
     return rank << LANE_BITS
+
+
+def ring_base(rank: int, restart: int, lane_next: int) -> int:
+    """Where a new ring of `rank` starts in its lane: after what the lane holds, and for a restarted
+    worker group at least in a stretch of its own (RESTART_BITS), so records a dead rank's ring still
+    drains cannot collide with its successor's."""
+    return max(lane_base(rank) + (min(restart, RESTART_SLOTS - 1) << RESTART_BITS), lane_next)
 
 
 class Jobs:

@@ -1,7 +1,8 @@
 """One training run as the daemon knows it: its folder, its stores, and the state rebuilt from them.
 
     <root>/<run id>/manifest.json    who and what (atomic replace on change)
-                    signals.log      every ring record as received (framed; replayed at start)
+                    signals.log      every ring record as received (framed; replayed at start; the prefix
+                                     a snapshot covers is given back to the disk: log_trim.py, + signals.trim)
                     previews.log     one encoded preview per sample (preview_store.py; + previews.index)
                     edits.journal    the user's edits, fsynced before they are acknowledged
                     snapshot/        the records' state as of a position in signals.log (snapshot.py)
@@ -32,26 +33,28 @@ import structlog
 from weightslab_shim import records, wire
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslabd.store import preview_encoder, snapshot
+from weightslabd.store import log_trim, preview_encoder, snapshot
 from weightslabd.store.checkpoints import BOOK_KINDS, RunBook
 from weightslabd.store.compactor import HistoryCompactor, chunk_values
 from weightslabd.store.framedlog import FramedLog
 from weightslabd.store.history import SignalHistory
 from weightslabd.store.locks import WatchedLock
+from weightslabd.store.parquet_history import pause_point
 from weightslabd.store.predictions_h5 import FILE_NAME as H5_FILE
 from weightslabd.store.predictions_h5 import PredictionsH5
 from weightslabd.store.preview_store import PreviewStore
 from weightslabd.store.previews import PreviewCache
 from weightslabd.store.private import make_private_dirs
-from weightslabd.store.ranks import RankMerge, lane
+from weightslabd.store.ranks import LANE_BITS, RankMerge, lane
 from weightslabd.store.sample_signals import SampleSignals, fold_per_sample
-from weightslabd.store.samples import SampleTable
+from weightslabd.store.samples import RECORD_COLUMNS, SampleTable, SplitTable, TableImage
 
 STORED = struct.Struct("<Hqqq")  # record type, step, arrival unix ms, ring position
 log = structlog.get_logger("weightslabd.store.run")
 SIGNAL_RECORDS = frozenset({RecordType.STEP, RecordType.EVAL})
 H5_FLUSH_ROWS = 65536
 FOLD_KEY = "instance_aggregation"
+RESTARTS_KEPT = 100  # a job's worker-group restarts listed in the manifest (the newest)
 _MANIFEST_WRITES = threading.Lock()
 
 
@@ -92,6 +95,7 @@ class RunOptions:
     snapshot_every_bytes: int = snapshot.EVERY_BYTES
     snapshot_every_s: float = snapshot.EVERY_SECONDS
     compact_history: bool = True  # full history chunks go to Parquet in the background (compactor.py)
+    trim_signals_log: bool = False  # give back signals.log's prefix a durable snapshot covers (log_trim.py)
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunOptions:
@@ -102,7 +106,8 @@ class RunOptions:
                    preload_previews=bool(settings.wl_preload_image_overview),
                    thumbnail_size=int(settings.wl_default_thumbnail_size),
                    batch_chunk_size=int(settings.wl_batch_chunk_size),
-                   preview_warmup_wait_ms=int(settings.wl_preview_cache_warmup_wait_ms))
+                   preview_warmup_wait_ms=int(settings.wl_preview_cache_warmup_wait_ms),
+                   trim_signals_log=not os.environ.get(log_trim.KEEP_ENV))
 
 
 @dataclass
@@ -135,6 +140,7 @@ class Run:
         self._lanes: dict[int, int] = {}  # per rank of a job, its last ring position applied (store/ranks.py)
         world = int(manifest.get("world_size", 1)) if manifest.get("job") else 1
         self._rank_merge = RankMerge(world) if world > 1 else None  # a job's curves: the mean over its ranks
+        self.job_restart = max((int(e.get("restart", 0)) for e in manifest.get("restarts") or ()), default=0)
         self.pending: dict[str, PendingCommand] = {}
         self.unacked_edits: dict[int, dict[str, Any]] = {}
         self._signal_home: dict[str, str] = {}
@@ -169,7 +175,10 @@ class Run:
         saved = {s: self.predictions.max_step(s) for s in self.samples.splits} if self.predictions else {}
         self._h5_saved_upto: dict[str, int] = {s: step for s, step in saved.items() if step is not None}
         loaded = self._load_snapshot()  # first: the logs need not scan again what it covers
-        self.signals = FramedLog(folder / "signals.log", _known(loaded.cut.signals) if loaded else None)
+        self._trim = log_trim.read(folder)  # the prefix of signals.log given up, if any: never scanned
+        self._punched = 0  # bytes of it this process has seen given back
+        self.signals = FramedLog(folder / "signals.log", _known(loaded.cut.signals) if loaded else None,
+                                 _known(self._trim) if self._trim else None)
         self.journal = FramedLog(folder / "edits.journal")
         self._snapshot_lock = threading.Lock()  # one snapshot write at a time
         self._snapshot: snapshot.Written | None = None  # the current one: what the next write links chunks from
@@ -181,6 +190,8 @@ class Run:
                                            o.snapshot_every_records if o.snapshots else 0, o.snapshot_every_bytes,
                                            o.snapshot_every_s)
         self._replay(loaded)
+        if o.trim_signals_log and self._snapshot is not None:  # a run from before trimming, or a crash mid-trim
+            self._trim_log(snapshot.mark_of(self._snapshot))
         if o.compact_history:
             self.compactor.kick_if_due()
         for split, held in self.preview_store.masks().items():  # what preloading may fill the cache with
@@ -241,7 +252,11 @@ class Run:
                 loaded = None
             else:
                 self._snapshot = loaded.written
-        records = self._replay_log(self.signals, self._replay_record, loaded.cut.signals.end if loaded else 0)
+        start = loaded.cut.signals.end if loaded else self._trim.end if self._trim else 0
+        if loaded is None and self._trim is not None:
+            log.error("signals.log is trimmed and no usable snapshot covers its prefix: only the records after it "
+                      "are replayed", run=self.run_id, trimmed_to=self._trim.end)
+        records = self._replay_log(self.signals, self._replay_record, start)
         self.opened_from_snapshot, self.replayed_records = loaded is not None, records
         log.info("run opened", run=self.run_id, from_snapshot=loaded is not None, replayed_records=records,
                  seconds=round(time.monotonic() - began, 3))
@@ -276,6 +291,8 @@ class Run:
         journal's replay: the hyperparameters are then those the records were replayed over."""
         if cut.run_id != self.run_id:
             return f"it is of run {cut.run_id!r}"
+        if self._trim is not None:  # the only record of the trimmed prefix: taken as it was served
+            return _trimmed_unusable(cut, self._trim, self.signals, {n: t.size for n, t in self.samples.splits.items()})
         if cut.state["layout"] != [[name, t.size] for name, t in self.samples.splits.items()]:
             return "the run's splits are not those it was taken with"
         # (a snapshot of an older daemon also covers preview offsets in previews.log: ignored, see _adopt)
@@ -294,7 +311,9 @@ class Run:
     def _adopt(self, cut: snapshot.Cut) -> None:
         """Take a usable snapshot's state: everything fallible first, then the assignments."""
         st = cut.state
-        for split, image in cut.tables.items():
+        tables = {split: _grown_image(split, image, self.samples.splits[split].size)
+                  for split, image in cut.tables.items()}  # a trimmed run's splits may have grown since
+        for split, image in tables.items():
             self.samples.splits[split].check_records(image)
         history = SignalHistory()
         history.adopt(cut.history_version, cut.curves)
@@ -308,7 +327,7 @@ class Run:
         records_step = None if st["step"] is None else int(st["step"])
         last_position = int(st["last_position"])
         # Nothing below fails.
-        for split, image in cut.tables.items():
+        for split, image in tables.items():
             self.samples.splits[split].adopt_records(image)
         self.history, self.sample_signals = history, sample_signals
         self.hparams.update(record_hparams)  # over the journal's: the trainer's reports come last
@@ -325,7 +344,7 @@ class Run:
         with self.lock:
             self._periodic.cut()  # whatever comes of it: the background thread waits for as much again
             self._note_layout()
-            if not self._exact:
+            if not self._exact and self._trim is None:  # a trimmed run's snapshot is its state as served
                 return None
             layout = [[name, t.size] for name, t in self.samples.splits.items()]
             last = self._snapshot
@@ -370,7 +389,26 @@ class Run:
             self._snapshot = written = dataclasses.replace(written, seconds=time.monotonic() - began)
             log.info("snapshot written", run=self.run_id, covers=cut.signals.end, bytes_written=written.bytes_written,
                      bytes_linked=written.bytes_linked, seconds=round(written.seconds, 3))
+            if self.options.trim_signals_log:
+                self._trim_log(cut.signals)
             return written
+
+    def _trim_log(self, mark: snapshot.LogMark) -> None:
+        """Give back signals.log's prefix the snapshot just made current covers (log_trim.py): mark first,
+        then punch. A failure leaves the log whole (or partly trimmed under a durable mark): logged only."""
+        end = log_trim.hole_end(mark)
+        if end <= self._punched:
+            return
+        try:
+            if self._trim is None or mark.end > self._trim.end:
+                log_trim.write(self.folder, mark)
+                self._trim = mark
+            pause_point("trim-marked", self.folder)
+            if log_trim.punch(self.signals.path, end):
+                self._punched = end
+            pause_point("trimmed", self.folder)
+        except OSError as exc:
+            log.error("signals.log not trimmed", run=self.run_id, error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _note_layout(self) -> None:
         """Under the lock, once the splits changed: if a record before named samples a split only now has
@@ -380,8 +418,9 @@ class Run:
             before = self._layout_sizes.get(split, 0)
             if self._exact and sizes.get(split, 0) > before and top >= before:
                 self._exact = False
-                log.info("snapshots off until the run is opened again: a split grew after records named its "
-                         "new samples", run=self.run_id, split=split)
+                if self._trim is None:  # a trimmed run's snapshots go on: its state as served
+                    log.info("snapshots off until the run is opened again: a split grew after records named its "
+                             "new samples", run=self.run_id, split=split)
         self._layout_sizes = sizes
         self._layout_seen = self.samples.layout
 
@@ -407,7 +446,7 @@ class Run:
         if self.options.snapshots:
             with self.lock:
                 self._note_layout()
-            if self._exact:
+            if self._exact or self._trim is not None:
                 self.write_snapshot()
             else:
                 snapshot.remove(self.folder / snapshot.DIR)  # taken before the change: no longer usable
@@ -503,18 +542,25 @@ class Run:
                 table.count_encounters(np.unique(named))
         for name, parts_ in curves.items():
             values = np.concatenate(parts_) if len(parts_) > 1 else parts_[0]
-            points = [(name, step, values)] if self._rank_merge is None else self._rank_merge.add(
-                name, step, values, lane(position))
-            for curve, at, merged in points:
-                finite = merged[np.isfinite(merged)]
-                if finite.size:
-                    self.history.append(curve, at, float(finite.mean()), float(finite.min()), float(finite.max()),
-                                        stamp)
+            if self._rank_merge is None:
+                self._append_point(name, step, values, None, stamp)
+                continue
+            for curve, at, merged, spread in self._rank_merge.add(name, step, values, lane(position)):
+                self._append_point(curve, at, merged, spread, stamp)
         # Model age: training steps completed, as far as the records applied so far tell (it follows
         # ingest, like the curves). A training record's step is its index; an evaluation's the count.
         reached = step + 1 if rtype == RecordType.STEP else step
         self._records_step = reached if self._records_step is None else max(self._records_step, reached)
         self.step = max(self.step, reached)
+
+    def _append_point(self, curve: str, step: int, values: np.ndarray, spread: np.ndarray | None,
+                      stamp: int) -> None:
+        """A curve point: the mean of the finite values; its range theirs, or in a job the ranks' means'."""
+        finite = values[np.isfinite(values)]
+        if not finite.size:
+            return
+        band = finite if spread is None or not spread.size else spread
+        self.history.append(curve, step, float(finite.mean()), float(band.min()), float(band.max()), stamp)
 
     def _save_predictions(self, split: str, step: int, ids: np.ndarray, preds: np.ndarray | None) -> None:
         if preds is None or len(preds) != len(ids):
@@ -599,6 +645,11 @@ class Run:
             self.edits_version += 1
         elif kind in BOOK_KINDS:
             self.book.apply(entry)
+        elif kind == "restart":  # torchrun restarted the job's workers (ipc/jobs.py)
+            kept = [e for e in self.manifest.get("restarts", ()) if e.get("restart") != entry["restart"]]
+            kept.append({k: entry[k] for k in ("restart", "rank", "step", "ts")})
+            self.manifest["restarts"] = kept[-RESTARTS_KEPT:]
+            self.job_restart = max(self.job_restart, int(entry["restart"]))
         elif kind == "applied":
             done = self.unacked_edits.pop(int(entry["edit"]), None)
             if done is not None and done.get("kind") == "hparams":
@@ -607,6 +658,21 @@ class Run:
                         del self.desired[key]  # applied, or refused by the trainer: no longer wanted
                     if entry.get("ok", True):
                         self.hparams[key] = value
+
+    def lane_next(self, rank: int) -> int:
+        """The first position after what a job's rank has fed the run (store/ranks.py)."""
+        with self.lock:
+            return self._lanes.get(rank, (rank << LANE_BITS) - 1) + 1
+
+    def new_worker_group(self) -> None:
+        """torchrun restarted the job's workers: their steps count from the start again, so the curve
+        points held for the old ones go out as they are and merging starts afresh."""
+        with self.lock:
+            if self._rank_merge is None:
+                return
+            for curve, at, merged, spread in self._rank_merge.flush():
+                self._append_point(curve, at, merged, spread, int(time.time() * 1000))
+            self._rank_merge = RankMerge(self._rank_merge.world_size)
 
     def record_applied(self, seq: int, step: int, ok: bool, message: str = "") -> None:
         """The trainer applied (or refused) journaled edit `seq` at `step`."""
@@ -641,6 +707,39 @@ class Run:
 
 def _known(mark: snapshot.LogMark) -> tuple[int, tuple[int, int] | None]:
     return mark.end, mark.last_frame
+
+
+def _trimmed_unusable(cut: snapshot.Cut, trim: snapshot.LogMark, signals: FramedLog,
+                      sizes: dict[str, int]) -> str | None:
+    """Why a trimmed run cannot take its snapshot: only damage counts. A changed fold, a split added or
+    grown since, predictions the HDF5 file lost: a replay of the prefix is impossible, so the state stays
+    as it was served (new samples empty, values folded as they were when they arrived)."""
+    if cut.signals.end < trim.end:
+        return f"it covers {cut.signals.end} bytes of signals.log, less than the {trim.end} given up"
+    if not signals.ends_frame(cut.signals.end, cut.signals.last_frame):
+        return f"signals.log ({signals.size} bytes) no longer holds the {cut.signals.end} bytes it covers"
+    for split, image in cut.tables.items():
+        if image.size > sizes.get(split, -1):
+            return f"split {split!r} has fewer samples than the snapshot's {image.size}"
+    return None
+
+
+def _grown_image(split: str, image: TableImage, size: int) -> TableImage:
+    """`image` for a split of `size` samples: the new ones as a new table has them."""
+    if image.size >= size:
+        return image
+    fresh = SplitTable(split, size)
+    columns = {}
+    for name in RECORD_COLUMNS:
+        col = getattr(fresh, name).copy()
+        col[:image.size] = image.columns[name]
+        columns[name] = col
+    signals = {}
+    for name, values in image.signals.items():
+        grown = np.full(size, np.nan, dtype=np.float32)
+        grown[:image.size] = values
+        signals[name] = grown
+    return TableImage(size, signals, columns, image.task_type)
 
 
 def _repeats(ids: np.ndarray) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from weightslab_shim import records
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslabd.ipc.jobs import job_and_rank
+from weightslabd.ipc.jobs import RESTART_BITS, job_and_rank, restart_of, ring_base
 from weightslabd.store.ranks import HELD_STEPS, RankMerge, lane
 from weightslabd.store.run import Run
 
@@ -36,7 +36,8 @@ def test_ranks_records_share_one_run_with_curves_merged_over_ranks(tmp_path: Pat
     assert run.apply_record(RecordType.STEP, 1, _step([4, 5], [1.0, 1.0]), rank1 + 10)
     assert not run.apply_record(RecordType.STEP, 0, _step([2, 3], [5.0, 7.0]), rank1)  # a re-read: per lane
     assert run.apply_record(RecordType.STEP, 1, _step([6, 7], [3.0, 3.0]), 10)  # rank 0, behind rank 1: kept
-    assert _curve(run) == {0: (4.0, 1.0, 7.0), 1: (2.0, 1.0, 3.0)}
+    # The mean over every rank's values; the range: the lowest and highest rank mean (the per-rank spread).
+    assert _curve(run) == {0: (4.0, 2.0, 6.0), 1: (2.0, 1.0, 3.0)}
     assert run.samples.get("train").encounters.tolist() == [1] * 8  # both ranks' samples in one table
     run.close()
 
@@ -47,11 +48,11 @@ def test_a_value_only_one_rank_logs_goes_out_once_every_rank_is_past_it() -> Non
     assert merge.add("loss", 0, np.array([1.0]), 1) == []
     assert merge.add("loss", 1, np.array([1.0]), 1) == []  # rank 0 is not past step 0 yet
     out = merge.add("lr", 1, np.array([0.2]), 0)  # now it is: step 0 is complete without rank 0's loss
-    assert [(n, s, v.tolist()) for n, s, v in out] == [("lr", 0, [0.1]), ("loss", 0, [1.0])]
+    assert [(n, s, v.tolist()) for n, s, v, _ in out] == [("lr", 0, [0.1]), ("loss", 0, [1.0])]
     quiet = RankMerge(2)  # rank 1 never reports: the oldest steps go out after HELD_STEPS
     for s in range(HELD_STEPS + 3):
         out = quiet.add("loss", s, np.array([float(s)]), 0)
-    assert [s for _, s, _ in out] == [2]
+    assert [s for _, s, _, _ in out] == [2]
 
 
 def test_job_fields_of_a_hello_are_checked() -> None:
@@ -61,3 +62,35 @@ def test_job_fields_of_a_hello_are_checked() -> None:
         job_and_rank({"job": "../x", "rank": 0, "world_size": 2})
     with pytest.raises(ValueError, match="is not a rank of a job"):
         job_and_rank({"job": "job-" + "a" * 16, "rank": 2, "world_size": 2})
+
+
+def test_a_point_s_range_is_the_spread_of_the_ranks_means_and_a_restart_flushes_held_points(
+        tmp_path: Path) -> None:
+    merge = RankMerge(3)
+    merge.add("loss", 0, np.array([1.0, 2.0, np.nan]), 0)
+    merge.add("loss", 0, np.array([4.0]), 1)
+    merge.add("loss", 0, np.array([6.0]), 1)  # a second value of rank 1 at the same step: one rank mean
+    [(_, _, values, spread)] = merge.add("loss", 0, np.array([0.0, 10.0]), 2)
+    assert sorted(spread.tolist()) == [1.5, 5.0, 5.0] and values.size == 7
+    run = Run.create(tmp_path / "r", {"run_id": "r", "splits": {"train": 8}, "job": "job-" + "0" * 16,
+                                      "world_size": 2})
+    assert run.apply_record(RecordType.STEP, 7, _step([0, 1], [1.0, 3.0]), 0)
+    assert "loss" not in run.history.curves
+    run.new_worker_group()  # the restarted workers count from step 0: step 7 goes out with rank 0's alone
+    assert _curve(run) == {7: (2.0, 2.0, 2.0)}
+    assert run.lane_next(0) == 1 and run.lane_next(1) == 1 << 48
+    assert run.apply_record(RecordType.STEP, 0, _step([0, 1], [1.0, 1.0]), ring_base(0, 1, run.lane_next(0)))
+    assert run.apply_record(RecordType.STEP, 0, _step([2, 3], [3.0, 3.0]), ring_base(1, 1, run.lane_next(1)))
+    assert _curve(run)[0] == (2.0, 1.0, 3.0)  # merged afresh over both ranks
+    run.close()
+
+
+def test_a_restarted_rank_s_ring_starts_past_its_lane_and_in_a_stretch_of_its_own() -> None:
+    assert ring_base(1, 0, 1 << 48) == 1 << 48
+    assert ring_base(1, 2, (1 << 48) + 5) == (1 << 48) + (2 << RESTART_BITS)
+    assert ring_base(0, 1, (3 << RESTART_BITS) + 1) == (3 << RESTART_BITS) + 1  # the lane is further on
+    assert ring_base(0, 10**6, 0) < 1 << 48  # never out of its lane
+    assert restart_of({}) == 0 and restart_of({"restart": 3}) == 3
+    for bad in (-1, True, "1", 1 << 20):
+        with pytest.raises(ValueError, match="is not a restart count"):
+            restart_of({"restart": bad})
