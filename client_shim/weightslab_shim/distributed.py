@@ -12,6 +12,11 @@ that, by applying every command at the same step on every rank.
 the job's own process group (gloo), the commands it has; every rank applies them before the step. A
 pause holds every rank at that boundary; while paused the ranks meet once per tick, briefly, so none
 waits inside a collective for long, and the resume reaches all of them at the same tick.
+
+An evaluation pass in a job runs on every rank, each over its shard of the split (`eval_shard`). Before
+each batch the ranks agree, with one all-reduce, whether to go on: rank 0 brings a cancel or its timeout,
+any rank an error of its evaluation; so a cancel, which only rank 0 hears, stops every rank at the same
+batch, and no rank is left waiting in a collective of the user's own evaluation.
 """
 
 from __future__ import annotations
@@ -147,6 +152,19 @@ class StepSync:
         self._dist = dist
         return True
 
+    @property
+    def up(self) -> bool:
+        """Whether the ranks meet now (the group is up; until it is, each rank evaluates alone)."""
+        return self._group is not None
+
+    def agree(self, code: int) -> int:
+        """The highest of every rank's `code`: one 8-byte all-reduce, between two evaluation batches."""
+        import torch
+
+        flag = torch.tensor([code], dtype=torch.int64)
+        self._dist.all_reduce(flag, op=self._dist.ReduceOp.MAX, group=self._group)
+        return int(flag.item())
+
     def exchange(self, take: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """Rank 0's commands (what `take` gives there), on every rank. One small broadcast when there
         are none; two (length, then bytes) when there are."""
@@ -191,6 +209,20 @@ class StepSync:
                 if not s.inbox:
                     s._cond.wait(PAUSE_TICK)  # rank 0 wakes at once on a command; the others meet it then
                 s.paused_seconds += time.monotonic() - waited
+
+
+def eval_shard(order: np.ndarray, batch_size: int, rank: int, world_size: int) -> list[np.ndarray]:
+    """This rank's batches of an evaluation pass over `order`: global batches of batch_size * W ids,
+    rank r taking positions r, r + W... of each, so every rank has as many batches. A last global batch
+    of fewer than W ids is padded with ids from the start of `order` so that no rank's share is empty."""
+    want = max(1, batch_size) * world_size
+    out = []
+    for at in range(0, order.size, want):
+        taken = order[at:at + want]
+        if taken.size < world_size:
+            taken = np.concatenate([taken, np.resize(order, world_size - taken.size)])
+        out.append(taken[rank::world_size])
+    return out
 
 
 def _drain(s: Any) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ The daemon asks (command `evaluate`); the training thread runs the pass at its n
 once while paused, outside the session's lock, so the control thread keeps heartbeating and a cancel
 (applied on the control thread) reaches the pass between two batches. The training step does not advance
 during a pass. Progress rides on the heartbeats (`eval`); per-sample values go out as one EVAL record at
-the model age (more than one for a pass too large for a ring record).
+the model age (more than one for a pass too large for a ring record). In a torchrun job every rank evaluates
+its shard of the split, and the ranks agree before each batch whether to go on (distributed.py).
 
 Periodic passes: every positive multiple of the hyperparameter `eval_full_to_train_steps_ratio` (N) of
 the step count, each split whose loader is not a training loader is evaluated in registration order.
@@ -12,7 +13,6 @@ the step count, each split whose loader is not a training loader is evaluated in
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import uuid
@@ -25,6 +25,7 @@ import numpy as np
 
 from . import wire
 from .data import _Indexed, _stack
+from .distributed import StepSync, eval_shard
 from .records import SEP
 from .ring import RecordType
 
@@ -36,6 +37,9 @@ PERIODIC_KEY = "eval_full_to_train_steps_ratio"
 RECENT = 8  # finished passes repeated in every heartbeat, so a daemon that missed one still learns of it
 RECORD_SHARE = 4  # a pass sends its record early once its values fill 1/4 of the largest ring record
 ACTIVE = ("requested", "running")
+GO, CANCELLED, TIMED_OUT, FAILED = range(4)  # before each batch; in a job, the ranks' highest wins
+STOPS = {"cancelled": CANCELLED, "timed out": TIMED_OUT}
+STATES = {CANCELLED: "cancelled", TIMED_OUT: "timed out", FAILED: "error"}
 
 
 @dataclass
@@ -168,20 +172,30 @@ class Evaluator:
         return ids.astype(np.int64)
 
     def _batch_count(self, loader: Any, req: Request) -> int:
-        return math.ceil(len(self._order(loader, req)) / max(1, int(loader.batch_size)))
+        return len(self._batches(loader, req))
+
+    def _job(self) -> StepSync | None:
+        """The job's ranks, when they meet (distributed.py): each evaluates its shard, batch by batch."""
+        sync = self.s.sync
+        return sync if sync is not None and sync.up else None
+
+    def _batches(self, loader: Any, req: Request) -> list[np.ndarray]:
+        order, size, job = self._order(loader, req), max(1, int(loader.batch_size)), self._job()
+        if job is not None:
+            return eval_shard(order, size, job.rank, job.world_size)
+        return [order[i:i + size] for i in range(0, len(order), size)]
 
     def _run(self, req: Request) -> None:
         s = self.s
         loader = s.loaders.get(req.split)
         now = time.monotonic()
         self._measure(now)
-        if loader is None or req.id in self._cancelled:
+        job = self._job()
+        if loader is None or (req.id in self._cancelled and job is None):  # in a job, the ranks agree below
             state = "error" if loader is None else self._cancelled.pop(req.id)
             self._finish(self._entry(req, state, error="" if loader else f"no loader named {req.split!r}"))
             return
-        order = self._order(loader, req)
-        size = max(1, loader.batch_size)
-        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        batches = self._batches(loader, req)
         timeout = self.policy.timeout(self.avg_batch_seconds, len(batches))
         deadline = now + timeout
         entry = self._entry(req, "running", total=len(batches), timeout_s=round(timeout, 3))
@@ -197,15 +211,22 @@ class Evaluator:
                 if hasattr(model, "eval"):
                     model.eval()
             with torch.no_grad() if torch is not None else nullcontext():
-                for ids in batches:
-                    stop = self._cancelled.pop(req.id, None)
-                    if stop is None and done and time.monotonic() > deadline:
-                        stop = "timed out"
-                    if stop is not None:
-                        state = stop
+                for at in range(len(batches) + 1):  # one more meeting after the last batch, for its errors
+                    code = self._stop(req, done, deadline, error, last=at == len(batches))
+                    if job is not None:
+                        code = job.agree(code)
+                    if code != GO:
+                        state = STATES[code]
+                        error = error or ("another rank's evaluation failed" if code == FAILED else "")
                         break
-                    s.current_split = req.split
-                    self._evaluate(loader, ids)
+                    if at == len(batches):
+                        break
+                    try:
+                        s.current_split = req.split
+                        self._evaluate(loader, batches[at])
+                    except Exception as exc:  # noqa: BLE001 - the user's model or loss failed: the pass ends
+                        error = f"{type(exc).__name__}: {exc}"[:500]
+                        continue  # the next meeting stops this rank and, in a job, the others
                     done += 1
                     self._publish(dict(entry, current=done))
                     if self._record_full():
@@ -227,6 +248,19 @@ class Evaluator:
             message += f" ({state}; the values of the {done} batches done are kept, labelled partial)"
         self._finish(dict(entry, state=state, current=done, error=error, message=message,
                           partial=state != "done" and done < len(batches)))
+
+    def _stop(self, req: Request, done: int, deadline: float, error: str, *, last: bool) -> int:
+        """This rank's word before a batch (after the last, only an error counts). In a job only rank 0
+        takes cancels and times the pass: the daemon talks to rank 0."""
+        if error:
+            return FAILED
+        job = self._job()
+        if last or (job is not None and job.rank != 0):
+            return GO
+        stop = self._cancelled.pop(req.id, None)
+        if stop is None and done and time.monotonic() > deadline:
+            stop = "timed out"
+        return GO if stop is None else STOPS[stop]
 
     def _evaluate(self, loader: Any, ids: np.ndarray) -> None:
         s = self.s

@@ -1,9 +1,10 @@
 """A 2-rank DDP loop (gloo, CPU) for tests/integration/test_distributed.py, run under torchrun.
 
 Each rank appends what it really did per step to <log-dir>/rank<r>.jsonl: step, learning rate, batch
-size, sample ids, epoch, per-sample losses, when the step began and torchrun's restart count. The ranks
-stop together, at the first step boundary after the --until file exists (agreed by an all-reduce, so no
-rank is left in a collective)."""
+size, sample ids, epoch, per-sample losses, when the step began and torchrun's restart count; with
+--eval-size, each batch of an evaluation pass to <log-dir>/eval<r>.jsonl. The ranks stop together, at
+the first step boundary after the --until file exists (agreed by an all-reduce, so no rank is left in a
+collective)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def main() -> None:
     p.add_argument("--until", required=True)
     p.add_argument("--step-sleep", type=float, default=0.01)
     p.add_argument("--max-steps", type=int, default=5000)
+    p.add_argument("--eval-size", type=int, default=0, help="an eval split of this many samples (0: none)")
+    p.add_argument("--eval-sleep", type=float, default=0.0, help="seconds per evaluation batch")
     args = p.parse_args()
     init_group()
     rank = dist.get_rank()
@@ -51,9 +54,24 @@ def main() -> None:
     wl.watch_or_edit(model, flag="model")
     optimizer = wl.watch_or_edit(torch.optim.SGD(model.parameters(), lr=hp["learning_rate"]), flag="optimizer")
     criterion = wl.watch_or_edit(torch.nn.MSELoss(reduction="none"), flag="loss", signal_name="loss")
+    session = wl.session()
+    if args.eval_size:  # each evaluation batch, through the DDP model, logged to <log-dir>/eval<r>.jsonl
+        eval_data = [(torch.rand(4, generator=gen), torch.rand(1, generator=gen)) for _ in range(args.eval_size)]
+        wl.watch_or_edit(eval_data, flag="data", loader_name="eval", batch_size=4, is_training=False)
+        eval_log = open(Path(args.log_dir) / f"eval{rank}.jsonl", "a")  # noqa: SIM115 - open until exit
+
+        def evaluate(batch: list[torch.Tensor]) -> None:
+            x, ids, y = batch
+            began = time.time()
+            criterion(model(x), y, batch_ids=ids)
+            time.sleep(args.eval_sleep)
+            eval_log.write(json.dumps({"step": session.step, "ids": ids.tolist(), "began": began,
+                                       "ended": time.time(), "training": model.training}) + "\n")
+            eval_log.flush()
+
+        wl.watch_or_edit(evaluate, flag="evaluation")
     stop = Path(args.until)
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun's elastic restarts so far
-    session = wl.session()
     with open(Path(args.log_dir) / f"rank{rank}.jsonl", "a") as log:
         for _ in range(args.max_steps):
             flag = torch.tensor([int(stop.exists())])

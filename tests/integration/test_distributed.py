@@ -20,6 +20,7 @@ from weightslabd.proto import experiment_service_pb2 as pb
 from .harness import Daemon, history, hparams, set_hparams, wait_for
 from .test_cli_server import grpc_cli
 from .test_edits import deny
+from .test_evaluation import eval_points, status, step_ids
 
 DDP_TRAINER = Path(__file__).resolve().parent / "ddp_trainer.py"
 WORLD = 2
@@ -41,12 +42,13 @@ def loss_steps(stub: Any) -> list[int]:
     return [p.model_age for p in history(stub) if p.metric_name == "loss"]
 
 
-def start_job(env: dict[str, str], tmp: Path, *torchrun: str) -> subprocess.Popen[bytes]:
-    """The 2-rank job; it stops at the first step boundary after tmp/stop exists."""
+def start_job(env: dict[str, str], tmp: Path, *torchrun: str, script: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """The 2-rank job (`script`: more ddp_trainer.py arguments); it stops at the first step boundary after
+    tmp/stop exists."""
     with open(tmp / "torchrun.out", "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                  f"--nproc_per_node={WORLD}", *torchrun, str(DDP_TRAINER), "--log-dir", str(tmp),
-                                 "--until", str(tmp / "stop"), "--step-sleep", "0.005"],
+                                 "--until", str(tmp / "stop"), "--step-sleep", "0.005", *script],
                                 env={**env, "WEIGHTSLAB_RUN_NAME": "ddp"}, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -188,3 +190,49 @@ def test_a_rank_killed_comes_back_through_torchruns_restart_into_the_same_run(
         values = [v for log in again for v in log[s]["losses"]]
         assert point.metric_value == pytest.approx(sum(values) / len(values), rel=1e-4), f"step {s}"
         assert (point.value_min, point.value_max) == pytest.approx((min(per_rank), max(per_rank)), rel=1e-4)
+
+
+def eval_log(tmp: Path, rank: int) -> list[dict[str, Any]]:
+    path = tmp / f"eval{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_evaluation_stops_every_rank_at_the_same_batch_and_both_train_on_together(
+        daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
+    # 80 eval samples, 4 per rank per batch: 10 batches of 8, each rank evaluating 4 of each, 0.3 s a batch.
+    proc = start_job(env, tmp_path, script=("--eval-size", "80", "--eval-sleep", "0.3"))
+    try:
+        stub = daemon.stub()
+        wait_for(lambda: len(loss_steps(stub)) > 3, 40, "the job's first steps")
+        reply = stub.TriggerEvaluation(pb.TriggerEvaluationRequest(split_name="eval"), timeout=10)
+        assert reply.success, reply.message
+        seen = wait_for(lambda: (s := status(stub)).current >= 2 and s.current, 15, "two batches")
+        reply = stub.CancelEvaluation(pb.CancelEvaluationRequest(reason="enough"), timeout=5)
+        assert reply.success, reply.message
+        last = wait_for(lambda: "of 10 batches" in (s := status(stub)).message and s, 10, "the ranks' last word")
+        assert last.status == "cancelled" and seen <= last.current <= seen + 2, last
+        at = eval_log(tmp_path, 0)[0]["step"]
+        wait_for(lambda: all(rank_log(tmp_path, r)[-1]["step"] > at + 5 for r in range(WORLD)), 15,
+                 "both ranks training after the pass")
+        (tmp_path / "stop").touch()
+        assert proc.wait(30) == 0, (tmp_path / "torchrun.out").read_text()  # nobody left in a collective
+    finally:
+        end(proc, tmp_path)
+
+    evals = [eval_log(tmp_path, r) for r in range(WORLD)]
+    done = len(evals[0])
+    assert done == len(evals[1]) == last.current < 10, "the ranks stopped at different batches"
+    assert {e["step"] for log in evals for e in log} == {at} and not any(e["training"] for log in evals for e in log)
+    for i in range(done):  # batch i: ids 8i..8i+7 (sample-id order), rank r taking positions r, r + 2...
+        assert evals[0][i]["ids"] == list(range(8 * i, 8 * i + 8, 2)) and evals[1][i]["ids"] == list(
+            range(8 * i + 1, 8 * i + 8, 2))
+    logs = [{d["step"]: d for d in rank_log(tmp_path, r)} for r in range(WORLD)]
+    assert sorted(logs[0]) == sorted(logs[1]) == list(range(len(logs[0])))  # the same steps on both ranks
+    pass_began = min(e["began"] for log in evals for e in log)
+    pass_ended = max(e["ended"] for log in evals for e in log)
+    assert all(log[at - 1]["began"] < pass_began and log[at]["began"] > pass_ended for log in logs)
+    # Both ranks' values of the batches done land in the one partial point at the pass's step.
+    point = wait_for(lambda: eval_points(stub), 10, "the partial point")[0]
+    assert point.model_age == at and point.point_note.startswith("partial evaluation (cancelled)")
+    assert step_ids(stub, at) == list(range(8 * done))

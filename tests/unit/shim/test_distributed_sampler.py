@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightslab_shim.distributed import ShardedBatchSampler, job_of
+from weightslab_shim.distributed import ShardedBatchSampler, eval_shard, job_of
 
 
 def _samplers(size: int, world: int, batch: int, *, shuffle: bool = True, drop_last: bool = False,
@@ -112,3 +112,15 @@ def test_job_of_torchrun_env() -> None:
         {**base, "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
     assert job_of({**base, "TORCHELASTIC_RUN_ID": "abc"}) != job_of({**base, "TORCHELASTIC_RUN_ID": "abd"})
     assert job_of({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 60), st.integers(1, 5), st.integers(1, 6))
+def test_an_evaluation_pass_gives_every_rank_as_many_nonempty_batches_and_covers_the_split(
+        size: int, world: int, batch: int) -> None:
+    order = np.random.default_rng(size).permutation(size)
+    shards = [eval_shard(order, batch, r, world) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1 and all(b.size for s in shards for b in s)
+    assert all(b.size <= batch for s in shards for b in s)
+    drawn = Counter(int(i) for s in shards for b in s for i in b)
+    assert set(drawn) == set(order.tolist()) and sum(drawn.values()) - size < world
