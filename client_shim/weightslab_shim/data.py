@@ -30,14 +30,20 @@ class DenyAwareBatchSampler:
         self.marks: list[int] = []
         self.resume_at: tuple[np.ndarray, int] | None = None
 
-    def __iter__(self) -> Iterator[list[int]]:
-        start = 0
+    def _new_order(self) -> np.ndarray:
+        return self._rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+
+    def _begin_epoch(self) -> tuple[np.ndarray, int]:
+        """This epoch's order and the position to start at: a restored checkpoint's, or a new order."""
         if self.resume_at is not None:
-            order, start = self.resume_at
-            self.resume_at = None
+            (order, start), self.resume_at = self.resume_at, None
         else:
-            order = self._rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+            order, start = self._new_order(), 0
         self.order, self.marks = order, []
+        return order, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order, start = self._begin_epoch()
         batch: list[int] = []
         denied = self.denied
         for pos, i in enumerate(order[start:].tolist(), start + 1):

@@ -77,16 +77,16 @@ class ShardedBatchSampler(DenyAwareBatchSampler):
             return np.arange(self.size)
         return np.random.default_rng(self.seed + epoch).permutation(self.size)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        start = 0
-        if self.resume_at is not None:
-            order, start = self.resume_at
-            self.resume_at = None
-        else:
-            order = self.epoch_order(self.epoch)
+    def _new_order(self) -> np.ndarray:
+        return self.epoch_order(self.epoch)
+
+    def _begin_epoch(self) -> tuple[np.ndarray, int]:
+        begun = super()._begin_epoch()
         self.epoch += 1  # the next epoch, unless set_epoch says otherwise
-        self.order, self.marks = order, []
-        pos = start
+        return begun
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order, pos = self._begin_epoch()
         while True:
             want = self.batch_size * self.world_size  # read live: a batch-size edit applies to the next batch
             taken, pos = _next_active(order, self.denied, pos, want)
