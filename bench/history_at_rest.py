@@ -8,7 +8,8 @@ full chunks (4 Mi values) to Parquet in the background. At each size of --values
 - **RSS**: the process's resident memory once the compactor has caught up (after a gc), and
   above the process before the run was made (imports, numpy, pyarrow);
 - **plot read**: the full-history curve as the Studio asks for it (`GetLatestLoggerData`, request_full_history,
-  max_points 1000: `SignalHistory.read`), median of 5;
+  max_points 1000: `SignalHistory.read`), median of 5: its full chunks (64 Ki points) are at rest in
+  `curves/` too, so it reads the row groups of the points it picks there and the rest from memory;
 - **slices**: break-by-slices over every value (`slice_curve`, a 10% tag mask, 200 points), best of 2;
 - **trajectory** of 10 samples and **step samples** of a step half way (read only the row groups they need);
 - **disk**: Parquet bytes a value (LZ4) in `history/`, in the by-sample copy `history-by-sample/` (the
@@ -16,10 +17,12 @@ full chunks (4 Mi values) to Parquet in the background. At each size of --values
   each snapshot, background ones as the daemon takes them, store/log_trim.py).
 
 At the end the run is closed (snapshot) and opened again: **open** seconds, and the RSS after it; then the
-run folder's disk use a value, in all (Parquet, by-sample copy, snapshot, signals.log).
+run folder's disk use a value, in all (Parquet, by-sample copy, curves, snapshot, signals.log). Last, the
+plot read of a longer curve than the run's: --curve-points (4 Mi: a billion values in 256-value steps),
+all but its last chunk at rest.
 
     .venv/bin/python bench/history_at_rest.py [--values 100M,300M] [--batch 4096] [--samples 1000000] [--quick]
-    .venv/bin/python bench/history_at_rest.py --values 100M,300M,1G      # the billion: ~15 GB of disk
+    .venv/bin/python bench/history_at_rest.py --values 100M,1G      # the billion: ~17 min, ~14 GB of disk
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ import numpy as np
 from weightslab_shim import records
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslabd.store import parquet_history, snapshot
+from weightslabd.store import parquet_curves, parquet_history, snapshot
+from weightslabd.store.history import SignalHistory
 from weightslabd.store.run import Run, RunOptions
 
 OPTIONS = RunOptions(save_predictions_h5=False, preload_previews=False, trim_signals_log=True)
@@ -60,9 +64,10 @@ def rss_mb() -> float:
 
 
 def count(text: str) -> int:
-    scale = {"K": 10**3, "M": 10**6, "G": 10**9}
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9, "KI": 1 << 10, "MI": 1 << 20}
     text = text.strip().upper()
-    return int(float(text[:-1]) * scale[text[-1]]) if text[-1] in scale else int(text)
+    unit = next((u for u in ("KI", "MI", "K", "M", "G") if text.endswith(u)), "")
+    return int(float(text[:-len(unit)]) * scale[unit]) if unit else int(text)
 
 
 def timed(fn: Callable[[], object], repeats: int, best: bool = False) -> float:
@@ -115,6 +120,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1_000_000, help="sample ids of the split")
     p.add_argument("--quick", action="store_true", help="10M values, a smoke run")
     p.add_argument("--dir", type=Path, help="where the run folder goes (default: a temporary one)")
+    p.add_argument("--curve-points", default="4Mi", help="points of the long curve whose plot read is timed last")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still removes its temporary folder
     sizes = [10 * 10**6] if args.quick else sorted(count(v) for v in args.values.split(","))
@@ -168,6 +174,7 @@ def main() -> None:
         n = feeder.values
         parts = {"history/": parquet_history.disk_bytes(folder),
                  "history-by-sample/": parquet_history.disk_bytes(folder, parquet_history.BY_SAMPLE_DIR),
+                 "curves/": parquet_history.disk_bytes(folder, parquet_curves.DIR),
                  "snapshot/": sum(on_disk(p) for p in (folder / snapshot.DIR).rglob("*") if p.is_file()),
                  "signals.log": on_disk(folder / "signals.log")}
         print(f"\ndisk after close, {n:,} values: " + ", ".join(f"{k} {v / n:.2f} B/val" for k, v in parts.items())
@@ -182,6 +189,24 @@ def main() -> None:
                   f"{s1 / n1 * 1e8:,.0f} ms at 1e8 (goal <= 1,000 ms)")
         print(f"disk: Parquet {parquet_history.COMPRESSION} (values byte-stream-split), "
               f"{parquet_history.ROW_GROUP:,} rows a row group; values uniform in [0, 1)")
+        long_curve(Path(tmp), count(args.curve_points))
+
+
+def long_curve(tmp: Path, points: int) -> None:
+    """The plot read of one curve of `points` points, its full chunks at rest (as the compactor leaves them)."""
+    history = SignalHistory()
+    rng = np.random.default_rng(2)
+    values = rng.random(points)
+    for i, v in enumerate(values.tolist()):
+        history.append("loss", i, v, v - 0.1, v + 0.1, 1_700_000_000_000 + i)
+    history.compact(tmp / "curve")
+    in_memory = history.length("loss") - history.curves["loss"].base
+    first = timed(lambda: history.read("loss", 0, 1000), 1)
+    plot = timed(lambda: history.read("loss", 0, 1000), 5)
+    per_point = parquet_history.disk_bytes(tmp / "curve", parquet_curves.DIR) / (points - in_memory)
+    print(f"\nplot read of a {points:,}-point curve ({points - in_memory:,} at rest in "
+          f"{len(history.curves['loss'].cold)} files, {in_memory:,} in memory), 1,000 points: {plot:.1f} ms "
+          f"(median of 5; the first read {first:.1f} ms); {per_point:.1f} B a point on disk")
 
 
 if __name__ == "__main__":

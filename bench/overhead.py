@@ -6,11 +6,20 @@ with nothing observed, so the shim against it is the cost of observation alone.
 
 Every variant runs the same model, data and seeds in a fresh process per round (one shim session
 per process, forked from a server that has imported torch once); the variants are interleaved over
-rounds in a shuffled order, so drift of the machine hits them all alike. A round's figure is its
-median step time after the first epoch; a ratio is the median over rounds of (variant / baseline in
-the same round).
+rounds in a shuffled order, so drift of the machine hits them all alike. Rounds are short (one first
+epoch, then --steps more), so many fit: a ratio is the median over rounds of (variant / baseline in the
+same round), with a bootstrap 95 % interval.
 
-    .venv/bin/python bench/overhead.py [--steps N] [--rounds R] [--quick]
+Besides wall time, each step is split with the kernel's schedstat of the training thread: its CPU time,
+its wait for a core (run queue: other processes' load, which a loaded machine adds at random), and the
+rest, time it was blocked (in this loop, waiting for the GIL). "own" = wall - run-queue wait is the step
+without the machine's other load. The shim variants also time the training thread inside the shim's
+calls (wrappers put on here, not in the shim), which bounds the shim's direct cost whatever the noise.
+With 2 CPUs or more the training thread runs on the first CPU and the daemon on the others, so the
+daemon's work never queues the training thread; the trainer's other threads (the shim's publisher and
+control threads) run on any CPU (--no-pin leaves all placement to the scheduler).
+
+    .venv/bin/python bench/overhead.py [--steps N] [--rounds R] [--quick] [--variants a,b] [--no-pin]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -95,6 +105,8 @@ def missing(v: Variant) -> str | None:
 class Loop:
     """One variant's training step, plus what it reports; `step` is the only part that is timed."""
 
+    shim_ns = 0  # CPU ns the training thread has spent inside the shim's calls so far (ShimLoop counts them)
+
     def step(self) -> None:
         raise NotImplementedError
 
@@ -106,7 +118,7 @@ class Loop:
         return {}
 
 
-def worker(key: str, steps: int, scratch: Path) -> dict[str, Any]:
+def worker(key: str, steps: int, scratch: Path, split: CpuSplit | None) -> dict[str, Any]:
     import torch
     from torch import nn
 
@@ -132,15 +144,14 @@ def worker(key: str, steps: int, scratch: Path) -> dict[str, Any]:
         loop = WatchedLoop(importlib.import_module("weightslab"), dataset, model, optimizer, criterion)
     else:
         loop = PlainLoop(key, dataset, model, optimizer, criterion, scratch)
+    if split is not None:
+        pin_threads(split[0], split[0] | split[1])  # after the shim has started its threads
+    clock = ThreadClock()
     daemon = daemon_cpu(scratch) if key == "shim" else None
-    first_epoch = [timed(loop.step) for _ in range(EPOCH)]
+    first = run_phase(loop, EPOCH, clock)
     daemon_mid = daemon_cpu(scratch) if daemon is not None else None
-    times: list[int] = []
-    for _ in range(steps):
-        times.append(timed(loop.step))
-        loop.after_step()
-    result = {"median_us": statistics.median(times) / 1000, "first_epoch_us": statistics.median(first_epoch) / 1000,
-              **loop.report()}  # the shim's report flushes: the daemon has what it was sent
+    later = run_phase(loop, steps, clock)
+    result = {"first": first, "later": later, **loop.report()}  # the shim's report flushes: the daemon has it all
     if daemon is not None and daemon_mid is not None:
         end = daemon_cpu(scratch)
         result["daemon_first_ms"] = (daemon_mid - daemon) * 1000 / EPOCH
@@ -148,20 +159,116 @@ def worker(key: str, steps: int, scratch: Path) -> dict[str, Any]:
     return result
 
 
+class ThreadClock:
+    """The calling thread's CPU time (`time.thread_time_ns`: schedstat's own CPU figure lags by up to a
+    scheduler tick) and run-queue wait in ns (/proc/thread-self/schedstat, one pread; 0 where the kernel
+    keeps no schedstat)."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = None
+
+    def read(self) -> tuple[int, int]:
+        wait = int(os.pread(self.fd, 128, 0).split()[1]) if self.fd is not None else 0
+        return time.thread_time_ns(), wait
+
+
+def run_phase(loop: Loop, n: int, clock: ThreadClock) -> dict[str, float]:
+    """`n` timed steps; per step (µs): wall median, own (wall - run queue) median, thread CPU median, and
+    means of run-queue wait, blocked time, time inside the shim, and CPU of the process's other threads."""
+    wall, span, cpu, runq, shim = [], [], [], [], []
+    others = other_threads_cpu()
+    for _ in range(n):
+        a = time.perf_counter_ns()
+        c0, q0 = clock.read()
+        s0 = loop.shim_ns
+        t0 = time.perf_counter_ns()
+        loop.step()
+        t1 = time.perf_counter_ns()
+        c1, q1 = clock.read()
+        b = time.perf_counter_ns()
+        wall.append(t1 - t0)
+        span.append(b - a)  # the window the kernel's figures cover (the step and the two reads)
+        cpu.append(c1 - c0)
+        runq.append(q1 - q0)
+        shim.append(loop.shim_ns - s0)
+        loop.after_step()
+    others = other_threads_cpu() - others
+    own = [w - q for w, q in zip(span, runq, strict=True)]
+    return {"wall": statistics.median(wall) / 1e3, "own": statistics.median(own) / 1e3,
+            "cpu": statistics.median(cpu) / 1e3, "runq": statistics.mean(runq) / 1e3,
+            "blocked": statistics.mean(o - c for o, c in zip(own, cpu, strict=True)) / 1e3,
+            "shim": statistics.mean(shim) / 1e3, "others": others / n / 1e3,
+            "wall_mean": statistics.mean(wall) / 1e3}
+
+
+def other_threads_cpu() -> int:
+    """CPU ns of this process's threads other than the calling one (publisher, control, ZeroMQ's)."""
+    me = threading.get_native_id()
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != me:
+            total += _task_cpu(Path("/proc/self/task", tid))
+    return total
+
+
+def _task_cpu(task: Path) -> int:
+    try:
+        return int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        try:  # no schedstat: utime + stime in clock ticks
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0  # the thread has ended
+
+
+CpuSplit = tuple[set[int], set[int]]
+
+
+def cpu_split() -> CpuSplit | None:
+    """(the training thread's CPU, everyone else's), or None with fewer than 2 CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else None
+
+
+def pin_threads(mine: set[int], rest: set[int]) -> None:
+    """The training (calling) thread on `mine`, this process's other threads on `rest`; threads started later
+    by the training thread inherit `mine`."""
+    me = threading.get_native_id()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), mine if int(tid) == me else rest)
+        except OSError:
+            pass  # the thread has ended
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` onto `cpus` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
+def daemon_pid() -> int | None:
+    try:
+        return int(json.loads((Path(os.environ["WEIGHTSLAB_RUNTIME_DIR"]) / "daemon.json").read_text())["pid"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def daemon_cpu(scratch: Path) -> float | None:
     """CPU seconds the benchmark's daemon has used so far, all its threads (/proc/<pid>/stat)."""
+    pid = daemon_pid()
     try:
-        pid = json.loads((Path(os.environ["WEIGHTSLAB_RUNTIME_DIR"]) / "daemon.json").read_text())["pid"]
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, KeyError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def timed(step: Callable[[], None]) -> int:
-    t0 = time.perf_counter_ns()
-    step()
-    return time.perf_counter_ns() - t0
 
 
 def _endless(loader: Any) -> Iterator[Any]:
@@ -262,14 +369,36 @@ class WatchedLoop(Loop):
 
 
 class ShimLoop(WatchedLoop):
+    # What the training thread calls in the shim at each step (the loop's own lines reach these).
+    TIMED_SESSION = ("begin_step", "end_step", "note_inputs", "add_signal", "add_scalar", "add_batch")
+    TIMED_LOADER = ("_without_denied",)
+
     def __init__(self, expect_daemon: bool, *args: Any) -> None:
         import weightslab_shim
 
         super().__init__(weightslab_shim, *args)
         self.session = weightslab_shim.session()
         self.attached_steps = 0
+        self.steps = 0
+        for obj, names in ((self.session, self.TIMED_SESSION), (self.loader, self.TIMED_LOADER)):
+            for name in names:
+                setattr(obj, name, self._timed(getattr(obj, name)))
+        self.session.start()  # its threads exist before they are pinned; attached or not
         if expect_daemon:
             self.wait_attached()
+
+    def _timed(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """`call`, adding its CPU time to `shim_ns` (an instance attribute shadows the method). CPU time: a
+        wait for the GIL shows as blocked, a wait for the core as run queue."""
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time_ns()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self.shim_ns += time.thread_time_ns() - t0
+
+        return timed_call
 
     def _attached(self) -> bool:
         channel = self.session.channel
@@ -277,42 +406,48 @@ class ShimLoop(WatchedLoop):
 
     def wait_attached(self) -> None:
         """Attach before the first step, so the first epoch is the one that sends the previews."""
-        self.session.start()
         deadline = time.monotonic() + ATTACH_TIMEOUT
         while not self._attached() and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def after_step(self) -> None:
+        self.steps += 1
         self.attached_steps += self._attached()
 
     def report(self) -> dict[str, Any]:
         self.session.flush()
-        result = {"dropped": self.session.dropped,
-                  "attached_steps": self.attached_steps}
+        result = {"dropped": self.session.dropped, "attached": self.attached_steps / max(1, self.steps)}
         self.wl.close()
         return result
 
 
-# -- the parent: interleave the workers, print the table -------------------------------------------------
+# -- the parent: interleave the workers, print the tables --------------------------------------------
+
+PHASES = ("first", "later")
+Summary = dict[str, float]  # one phase of one worker: run_phase's figures
 
 
 @dataclass
 class Rows:
-    """Per variant, per round: the round's median step times (µs) and what the worker reported."""
+    """Per variant, per round: each phase's figures and what the worker reported besides."""
 
-    steady: dict[str, dict[int, float]] = field(default_factory=dict)
-    first_epoch: dict[str, dict[int, float]] = field(default_factory=dict)
+    phases: dict[str, dict[int, dict[str, Summary]]] = field(default_factory=dict)
     extras: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     leftover_rings: list[str] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)  # load average at the start, after each round, at the end
+    pinned: str = "no"
+
+    def metric(self, key: str, phase: str, name: str) -> dict[int, float]:
+        return {r: p[phase][name] for r, p in self.phases.get(key, {}).items()}
 
 
-def run_worker(v: Variant, steps: int, runtime: Path, scratch: Path) -> dict[str, Any]:
+def run_worker(v: Variant, steps: int, runtime: Path, scratch: Path, split: CpuSplit | None) -> dict[str, Any]:
     """One variant, one round, in a fresh process forked from a server that has torch imported."""
     env = {"WEIGHTSLAB_RUNTIME_DIR": str(runtime), "WEIGHTSLAB_RUN_NAME": f"bench-{v.key}",
            "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(scratch)}
     receive, send = FORKSERVER.Pipe(duplex=False)
-    proc = FORKSERVER.Process(target=worker_main, args=(v.key, steps, scratch, env, send))
+    proc = FORKSERVER.Process(target=worker_main, args=(v.key, steps, scratch, env, send, split))
     proc.start()
     send.close()
     ok: bool = False
@@ -334,32 +469,42 @@ def run_worker(v: Variant, steps: int, runtime: Path, scratch: Path) -> dict[str
     return dict(result)
 
 
-def worker_main(key: str, steps: int, scratch: Path, env: dict[str, str], send: Connection) -> None:
+def worker_main(key: str, steps: int, scratch: Path, env: dict[str, str], send: Connection,
+                split: CpuSplit | None) -> None:
     log = os.open(scratch / "worker.log", os.O_WRONLY | os.O_CREAT, 0o600)
     os.dup2(log, 1)  # the shim's and W&B's own lines stay out of the table
     os.dup2(log, 2)
     os.environ.update(env, TMPDIR=str(scratch))  # read by the shim's session and W&B, created here
     tempfile.tempdir = str(scratch)  # W&B's temp dirs go with the scratch dir (the fork inherits /tmp)
     try:
-        send.send((True, worker(key, steps, scratch)))
+        send.send((True, worker(key, steps, scratch, split)))
     except Exception as exc:
         send.send((False, f"{type(exc).__name__}: {exc}"))
 
 
-def measure(variants: list[Variant], steps: int, rounds: int) -> Rows:
-    rows = Rows()
+def measure(variants: list[Variant], steps: int, rounds: int, pin: bool) -> Rows:
+    rows = Rows(load=[os.getloadavg()[0]])
+    split = cpu_split() if pin else None
+    if split is not None:
+        rows.pinned = f"training thread on CPU {min(split[0])}, the daemon and this script on CPU " \
+                      f"{','.join(map(str, sorted(split[1])))}, the trainer's other threads on any"
+        os.sched_setaffinity(0, split[1])
     with scratch_dir("wl-bench-overhead-") as root:
         runtime, alone = root / "rt", root / "no-daemon-rt"  # no daemon ever runs in `alone`
         with running_daemon(root, runtime):
-            interleave(rows, variants, steps, rounds, root, runtime, alone)
+            pid = json.loads((runtime / "daemon.json").read_text())["pid"]
+            if split is not None:
+                pin_process(pid, split[1])
+            interleave(rows, variants, steps, rounds, root, runtime, alone, split)
         rows.leftover_rings = [name for rt in (runtime, alone) for name in list_rings(ring_prefix(rt))]
         for name in rows.leftover_rings:
             unlink(name)
+    rows.load.append(os.getloadavg()[0])
     return rows
 
 
 def interleave(rows: Rows, variants: list[Variant], steps: int, rounds: int, root: Path, runtime: Path,
-               alone: Path) -> None:
+               alone: Path, split: CpuSplit | None) -> None:
     for r in range(rounds):
         order = list(variants)
         random.Random(r).shuffle(order)  # no variant always runs right after the same neighbour
@@ -369,19 +514,37 @@ def interleave(rows: Rows, variants: list[Variant], steps: int, rounds: int, roo
             scratch = root / f"{v.key}-{r}"
             scratch.mkdir()
             try:
-                res = run_worker(v, steps, alone if v.key == "shim-alone" else runtime, scratch)
+                res = run_worker(v, steps, alone if v.key == "shim-alone" else runtime, scratch, split)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 rows.failed[v.key] = str(exc)
                 continue
-            rows.steady.setdefault(v.key, {})[r] = float(res.pop("median_us"))
-            rows.first_epoch.setdefault(v.key, {})[r] = float(res.pop("first_epoch_us"))
+            rows.phases.setdefault(v.key, {})[r] = {ph: res.pop(ph) for ph in PHASES}
             rows.extras.setdefault(v.key, []).append(res)
-        print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
+        rows.load.append(os.getloadavg()[0])
+        if (r + 1) % 5 == 0 or r + 1 == rounds:
+            print(f"  round {r + 1}/{rounds} done, load average {rows.load[-1]:.2f}", file=sys.stderr)
 
 
-def ratios(meds: dict[int, float], bare: dict[int, float]) -> list[float]:
-    """variant / bare, round by round."""
-    return [meds[r] / bare[r] for r in meds if r in bare]
+def ratios(meds: dict[int, float], base: dict[int, float]) -> list[float]:
+    """variant / baseline, round by round."""
+    return [meds[r] / base[r] for r in meds if r in base and base[r]]
+
+
+def median_ci(values: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """The median and a percentile-bootstrap 95 % interval for it (seeded: the same data, the same interval)."""
+    if not values:
+        return (float("nan"),) * 3
+    med = statistics.median(values)
+    if len(values) < 3:
+        return med, float("nan"), float("nan")
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return med, meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+
+
+def fmt_ci(values: list[float], digits: int = 3) -> str:
+    med, lo, hi = median_ci(values)
+    return f"{med:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def print_table(rows: Rows, steps: int, rounds: int) -> None:
@@ -389,74 +552,154 @@ def print_table(rows: Rows, steps: int, rounds: int) -> None:
 
     print(f"\nTraining overhead: 2-conv CNN (8, 16 channels), CPU, torch {torch.__version__}, 1 thread, "
           f"batch {BATCH}, {SAMPLES} samples 3x32x32, {CLASSES} classes; {rounds} rounds x ({EPOCH} first-epoch "
-          f"+ {steps} timed) steps per variant, each in its own process; {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"+ {steps} later) steps per variant, each in its own process; {os.cpu_count()} CPUs, pinned: "
+          f"{rows.pinned}; load average {rows.load[0]:.2f} at the start, {rows.load[-1]:.2f} at the end, "
+          f"{max(rows.load):.2f} at most")
+    if max(rows.load) > (os.cpu_count() or 1):
+        print(f"NOTE: the machine was loaded (load average up to {max(rows.load):.1f} on {os.cpu_count()} CPUs): "
+              "wall times carry other processes' work; own time and thread CPU still carry their cache and memory "
+              "traffic. The direct measures (in shim, blocked) are the ones to trust.")
     head = (f"{'variant':<19} {'µs/step':>8} {'vs bare':>7} {'(range)':>11} {'vs loader':>9} {'+µs/step':>8} "
             f"{'epoch 1':>7} {'dropped':>7}  logs per step")
     print(head)
     print("-" * len(head))
-    bare, bare_first = rows.steady.get("bare", {}), rows.first_epoch.get("bare", {})
-    loader = rows.steady.get("bare-sampler", {})
+    bare = rows.metric("bare", "later", "wall")
+    bare_first = rows.metric("bare", "first", "wall")
+    loader = rows.metric("bare-sampler", "later", "wall")
     for v in VARIANTS:
         why = missing(v) or rows.failed.get(v.key)
-        meds = rows.steady.get(v.key)
+        meds = rows.metric(v.key, "later", "wall")
+        if not why and not meds:
+            continue  # not asked for (--variants)
         if why or not meds:
             print(f"{v.label:<19} {why or 'no result'}")
             continue
-        steady, first = ratios(meds, bare), ratios(rows.first_epoch[v.key], bare_first)
+        steady, first = ratios(meds, bare), ratios(rows.metric(v.key, "first", "wall"), bare_first)
         vs_loader = ratios(meds, loader)
         added = [meds[r] - bare[r] for r in meds if r in bare]
         extras = rows.extras[v.key]
         dropped = str(sum(e["dropped"] for e in extras)) if "dropped" in extras[0] else ""
         note = v.logs
         if v.key == "shim":
-            attached = sum(e["attached_steps"] for e in extras) / (steps * len(extras))
-            note += f" (attached for {attached:.0%} of timed steps)"
-        print(f"{v.label:<19} {statistics.median(meds.values()):>8.0f} {statistics.median(steady):>7.3f} "
-              f"{min(steady):>5.2f}-{max(steady):<5.2f} "
-              f"{(statistics.median(vs_loader) if vs_loader else float('nan')):>9.3f} "
-              f"{statistics.median(added):>+8.0f} {statistics.median(first):>7.3f} {dropped:>7}  {note}")
-    print("(µs/step: median over rounds of each round's median after the first epoch; vs bare and +µs/step: "
-          "median of the per-round ratio and difference to the DataLoader loop; vs loader: the same ratio to "
-          "the bare loop over the shim's own loader, i.e. the cost of observation alone; epoch 1: the ratio to "
-          "bare over the first epoch, when the attached shim also sends each sample's input once as a preview)")
+            attached = statistics.mean(e["attached"] for e in extras)
+            note += f" (attached for {attached:.0%} of steps)"
+        print(f"{v.label:<19} {statistics.median(meds.values()):>8.0f} {_med(steady):>7.3f} "
+              f"{min(steady, default=float('nan')):>5.2f}-{max(steady, default=float('nan')):<5.2f} "
+              f"{_med(vs_loader):>9.3f} {_med(added):>+8.0f} {_med(first):>7.3f} {dropped:>7}  {note}")
+    print("(µs/step: median over rounds of each round's median wall time per step after the first epoch; vs bare "
+          "and +µs/step: median of the per-round ratio and difference to the DataLoader loop; vs loader: the same "
+          "ratio to the bare loop over the shim's own loader, i.e. the cost of observation alone; epoch 1: the "
+          "ratio to bare over the first epoch, when the attached shim also sends each sample's input once as a "
+          "preview)")
+    where_time_goes(rows)
     shim_against(rows)
     print(f"shared-memory rings left in /dev/shm after the runs: {len(rows.leftover_rings)}")
 
 
+def _med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def where_time_goes(rows: Rows) -> None:
+    cols = (("wall", "wall"), ("own", "own"), ("cpu", "thread CPU"), ("runq", "run queue"),
+            ("blocked", "blocked"), ("shim", "in shim"), ("others", "other thr."))
+    print("\nWhere a step's time goes, µs (median over rounds; wall, own = wall - run queue and thread CPU are "
+          "each round's median step, the rest its mean per step):")
+    head = f"  {'variant':<19} {'epoch':<6}" + "".join(f" {label:>10}" for _, label in cols)
+    print(head)
+    for v in VARIANTS:
+        if v.key not in rows.phases:
+            continue
+        for phase, label in (("first", "first"), ("later", "later")):
+            cells = "".join(f" {_med(list(rows.metric(v.key, phase, m).values())):>10.1f}" for m, _ in cols)
+            print(f"  {v.label:<19} {label:<6}{cells}")
+    print("  (run queue: the training thread ready but another process on its CPU; blocked: neither running nor "
+          "queued, i.e. waiting for the GIL; in shim: CPU time inside the shim's session calls and its loader's "
+          "deny filter, timed by the benchmark; other thr.: CPU of the trainer process's other threads, the shim's "
+          "publisher and control threads)")
+
+
+GOALS = {"first": 1.02, "later": 1.005}  # issue 10: attached vs detached
+
+
 def shim_against(rows: Rows) -> None:
     """The attached shim against each baseline, first epoch (previews sent) and later epochs apart."""
-    if "shim" not in rows.steady:
+    if "shim" not in rows.phases:
         return
-    print("\nshim + daemon against each baseline (median of per-round ratios):")
-    print(f"  {'baseline':<34} {'first epoch':>11} {'later epochs':>12}")
-    for key, label in (("bare", "bare DataLoader loop"), ("bare-sampler", "bare loop over the shim's loader"),
-                       ("shim-alone", "the shim detached (no daemon)")):
-        if key not in rows.steady:
+    n = len(rows.phases["shim"])
+    print(f"\nshim + daemon against each baseline: median of the per-round ratio [bootstrap 95 % interval], "
+          f"{n} rounds")
+    print(f"  {'baseline':<34} {'measure':<12} {'first epoch':>24} {'later epochs':>24}")
+    for key, label in (("shim-alone", "the shim detached (no daemon)"),
+                       ("bare-sampler", "bare loop over the shim's loader"), ("bare", "bare DataLoader loop")):
+        if key not in rows.phases:
             continue
-        first = ratios(rows.first_epoch["shim"], rows.first_epoch[key])
-        later = ratios(rows.steady["shim"], rows.steady[key])
-        print(f"  {label:<34} {statistics.median(first):>11.3f} {statistics.median(later):>12.3f}")
+        for metric, name in (("wall", "wall"), ("own", "own time"), ("cpu", "thread CPU")):
+            cells = [fmt_ci(ratios(rows.metric("shim", ph, metric), rows.metric(key, ph, metric))) for ph in PHASES]
+            print(f"  {label:<34} {name:<12} {cells[0]:>24} {cells[1]:>24}")
+            label = ""
+    if "shim-alone" in rows.phases:
+        direct(rows)
     extras = [e for e in rows.extras.get("shim", []) if "daemon_first_ms" in e]
     if extras:
         first_ms = statistics.median(e["daemon_first_ms"] for e in extras)
         later_ms = statistics.median(e["daemon_later_ms"] for e in extras)
-        print(f"  {'daemon CPU per step (ms, all threads)':<34} {first_ms:>11.2f} {later_ms:>12.2f}"
-              f"   ({BATCH} previews a step in the first epoch)")
+        print(f"  daemon CPU per step (ms, all its threads): first epoch {first_ms:.2f}, later {later_ms:.2f} "
+              f"({BATCH} previews a step in the first epoch)")
+
+
+def direct(rows: Rows) -> None:
+    """What attaching adds to the training thread, from its own clocks, as a share of the detached step."""
+    print("\n  attached - detached, per step, as a share of the detached step's own time (median of per-round "
+          "differences [95 % interval]):")
+    shares: dict[tuple[str, str], list[float]] = {}
+    for metric, label in (("shim", "CPU inside the shim's calls"), ("blocked", "blocked (GIL)"),
+                          ("direct", "direct: in shim + blocked"),
+                          ("cpu", "training thread CPU"), ("own", "own time (= the step without run queue)")):
+        cells = []
+        for ph in PHASES:
+            if metric == "direct":
+                got = [a + b for a, b in zip(shares[("shim", ph)], shares[("blocked", ph)], strict=True)]
+            else:
+                att, det = rows.metric("shim", ph, metric), rows.metric("shim-alone", ph, metric)
+                base = rows.metric("shim-alone", ph, "own")
+                got = [(att[r] - det[r]) / base[r] * 100 for r in sorted(att) if r in det]
+            shares[(metric, ph)] = got
+            cells.append(fmt_ci(got, 2) + " %")
+        print(f"    {label:<42} first {cells[0]:>26}   later {cells[1]:>26}")
+    for ph in PHASES:
+        own = ratios(rows.metric("shim", ph, "own"), rows.metric("shim-alone", ph, "own"))
+        _, lo, hi = median_ci(own)
+        _, dlo, dhi = median_ci(shares[("direct", ph)])
+        goal = GOALS[ph]
+        print(f"  goal, {ph} epoch{'s' if ph == 'later' else ''}: attached <= {goal} x detached. End to end (own "
+              f"time): [{lo:.3f}, {hi:.3f}] -> {_verdict(lo, hi, goal)}; direct cost: [{dlo:+.2f}, {dhi:+.2f}] % "
+              f"-> {_verdict(1 + dlo / 100, 1 + dhi / 100, goal)}")
+
+
+def _verdict(lo: float, hi: float, goal: float) -> str:
+    return "met" if hi <= goal else "not met" if lo > goal else "not settled by this run"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=64, help="timed steps per variant per round")
+    parser.add_argument("--steps", type=int, default=64, help="later-epoch steps per variant per round")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round x 16 steps")
+    parser.add_argument("--variants", help="comma-separated keys to run (default: every installed one): "
+                        + ", ".join(v.key for v in VARIANTS))
+    parser.add_argument("--no-pin", action="store_true", help="leave threads and the daemon on any CPU")
     args = parser.parse_args()
     steps, rounds = (16, 1) if args.quick else (args.steps, args.rounds)
+    wanted = set(args.variants.split(",")) if args.variants else {v.key for v in VARIANTS}
+    unknown = wanted - {v.key for v in VARIANTS}
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # before the fork server imports torch
     # torch._dynamo is what the first optimizer imports (1.5 s): imported once, in the server.
     FORKSERVER.set_forkserver_preload(["torch", "torch._dynamo", "weightslab_shim"])
-    variants = [v for v in VARIANTS if missing(v) is None]
-    print_table(measure(variants, steps, rounds), steps, rounds)
+    variants = [v for v in VARIANTS if missing(v) is None and v.key in wanted]
+    print_table(measure(variants, steps, rounds, not args.no_pin), steps, rounds)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "weightslabd"
 SHIM = Path(__file__).resolve().parents[1] / "client_shim" / "weightslab_shim"
 # Lowest first. A module may import from its own rank or any lower one.
 RANKS = {"config": 0, "origins": 0, "proto": 0, "": 0,
-         "store": 1, "ipc": 2, "security": 3, "ops": 4, "evaluation": 4, "api": 5, "agent": 5,
+         "store": 1, "ipc": 2, "security": 3, "ops": 4, "evaluation": 4, "nodes": 4, "api": 5, "agent": 5,
          "daemon": 6, "cli": 6, "__main__": 6}
 
 

@@ -3,6 +3,10 @@
 The training thread never touches the socket: it appends to `outbox` and reads `inbox` at step
 boundaries. The thread says hello until welcomed, heartbeats while attached, notices a silent daemon
 and says hello again when one is back (ZeroMQ reconnects the ipc path by itself).
+
+The thread sleeps in one poll until a frame arrives, its next hello or heartbeat is due, or `send`
+pokes it through a pipe: each wake takes the GIL from the trainer, so it wakes a few times a second,
+not every few milliseconds.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ HEARTBEAT_EVERY = 0.25
 # No reply for this long: the daemon is gone. A restarted daemon answers our heartbeats with WHO at
 # once, so this only decides how long a busy daemon may take to answer, not how fast we re-attach.
 SILENT_AFTER = 3.0
-POLL_MS = 10
+MAX_POLL_MS = 250  # the longest sleep (a stop or an outbox message wakes it at once)
 WARN_AFTER = 2.0  # first warning about a missing daemon
 REJECTED_RETRY = 5.0
 OUTBOX_LIMIT = 10_000
@@ -66,12 +70,24 @@ class ControlChannel:
         self._thread = threading.Thread(target=self._run, name="weightslab-control", daemon=True)
         self._pid = os.getpid()
         self._failed = False
+        self._poke_r, self._poke_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poked = False
 
     def start(self) -> None:
         self._thread.start()
 
     def send(self, msg: wire.Message) -> None:
         self.outbox.append(msg)
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the thread's poll (one byte at a time in the pipe at most)."""
+        if not self._poked:
+            self._poked = True
+            try:
+                os.write(self._poke_w, b"!")
+            except OSError:  # full (it is awake anyway) or already closed
+                pass
 
     def end_of_stream(self, msg: wire.Message, timeout: float) -> bool:
         """Tell the daemon we are done and wait (bounded) until it has drained our ring."""
@@ -82,8 +98,14 @@ class ControlChannel:
 
     def stop(self) -> None:
         self._stop.set()
+        self._poke()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=2.0)
+        if not self._thread.is_alive() and self._poke_w >= 0:  # only the caller could still poke: close
+            self._poked = True
+            os.close(self._poke_r)
+            os.close(self._poke_w)
+            self._poke_r = self._poke_w = -1
 
     def _run(self) -> None:
         state = _LoopState(started=time.monotonic())
@@ -97,10 +119,13 @@ class ControlChannel:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.connect(self.endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._poke_r, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 try:
-                    self._iterate(sock, state)
+                    self._iterate(sock, poller, state)
                 except Exception as exc:  # noqa: BLE001 - this thread must outlive any one bad moment
                     if not self._failed:
                         self._failed = True
@@ -111,7 +136,7 @@ class ControlChannel:
             sock.close(0)
             ctx.term()
 
-    def _iterate(self, sock: Any, st: _LoopState) -> None:
+    def _iterate(self, sock: Any, poller: Any, st: _LoopState) -> None:
         now = time.monotonic()
         attached = self.attached.is_set()
         if attached and now - st.last_reply > SILENT_AFTER:
@@ -129,9 +154,15 @@ class ControlChannel:
         if attached and now >= st.next_beat:
             self._send(sock, self._heartbeat())
             st.next_beat = now + HEARTBEAT_EVERY
+        self._poked = False  # before draining the pipe and the outbox: a later send pokes again
+        try:
+            os.read(self._poke_r, 4096)
+        except BlockingIOError:
+            pass
         while attached and self.outbox:
             self._send(sock, self.outbox.popleft())
-        if sock.poll(POLL_MS, zmq.POLLIN):
+        due = min(st.next_hello if not attached else st.next_beat, now + MAX_POLL_MS / 1000)
+        if any(s is sock for s, _ in poller.poll(max(0, int((due - time.monotonic()) * 1000)) + 1)):
             while True:
                 try:
                     frame = sock.recv(zmq.NOBLOCK)

@@ -8,6 +8,12 @@ rename, mode 0600) and then tells the daemon, which journals it. torch is import
 
 Auto-checkpoints: hyperparameter `checkpoint_frequency` (N > 0: every N training steps; the Studio's
 `checkpont_frequency` field edits it), keeping the newest `checkpoint_keep_last` files (default 5).
+
+In a torchrun job every rank saves at the same step (commands reach all ranks at the same boundary, and
+the auto schedule is the same everywhere). Rank 0 writes the checkpoint and reports it; rank r writes
+only what is its own (random states and loaders) to `<checkpoint>.rank<r>.wlckpt` beside it, under a
+name every rank derives alike. A restore reads both on every rank, the ranks agree (one all-reduce)
+that all could, and only then does any rank load.
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ KEEP_KEY = "checkpoint_keep_last"
 KEEP_DEFAULT = 5
 SUFFIX = ".wlckpt"
 NAME = re.compile(r"step-(\d{8,})-[0-9a-f]{6}\.wlckpt")
+RANK_NAME = re.compile(r"step-(\d{8,})-[0-9a-f]{6}\.rank(\d+)\.wlckpt")  # a job's rank r > 0: its own part
 NEVER = 1 << 62  # the next auto-checkpoint step when they are off: the per-step check stays one compare
 UNRESTORED_HP = ("is_training",)  # a restore never pauses or resumes training
 WELCOME_WAIT = 10.0
+RESTART_WAIT = 30.0  # a restarted job's rank 0 waits longer: the daemon is there, and a wrong start costs more
 
 
 def model_hash(models: list[Any]) -> str:
@@ -220,6 +228,13 @@ class Checkpointer:
         self.last_error: str | None = None
         self.written: list[Written] = []
         self.host = HostCopy()
+        self.saves = 0  # in a job, part of each file's name: every rank counts the same saves
+        # A worker group torchrun restarted: its first step continues the run (its newest checkpoint, else
+        # the step the run reached), once rank 0 heard the daemon; rank 0 brings it to the others.
+        self.restarted = bool(getattr(session, "job", None)) and int(getattr(session, "restart", 0)) > 0
+        if self.restarted and int(getattr(session, "rank", 0)) == 0:
+            self.resume_waiting = True
+        self._first_welcome = True
 
     # -- where -------------------------------------------------------------------------------------
 
@@ -249,15 +264,33 @@ class Checkpointer:
         """Control thread, under the session's command lock: the run folder, and a resume's checkpoint,
         queued before anything the daemon sends after its welcome (the edits made while we were away)."""
         self.set_folder(msg.get("folder"))
-        if self.resume and self.resume_run is None:
+        first, self._first_welcome = self._first_welcome, False
+        s = self.session
+        takes = getattr(s, "sync", None) is None or s.rank == 0  # a job's other ranks get it from rank 0
+        if first and self.restarted and not self.resume:
+            self._follows = _int(msg.get("follows"))
+            if self._follows <= 0:
+                self._resent.set()
+            found = msg.get("restart_from")
+            ckpt = found.get("checkpoint") if isinstance(found, dict) else None
+            if takes and isinstance(ckpt, dict) and ckpt.get("path"):
+                inbox.appendleft({"type": "command", "cmd_id": "resume", "op": "load_checkpoint",
+                                  "args": {"path": str(ckpt["path"])}})
+            elif takes and isinstance(found, dict) and _int(found.get("step")) > 0:
+                inbox.appendleft({"type": "command", "cmd_id": "restart", "op": "continue_at",
+                                  "args": {"step": _int(found.get("step"))}})
+                sys.stderr.write(f"weightslab: restarted workers; run {msg.get('run_id')} has no checkpoint: the "
+                                 f"training starts afresh, its steps counted on from {found.get('step')}\n")
+        elif self.resume and self.resume_run is None:
             self.resume_run = str(msg.get("run_id"))
             self._follows = _int(msg.get("follows"))
             if self._follows <= 0:
                 self._resent.set()
             found = msg.get("resume_from")
             if isinstance(found, dict) and found.get("path"):
-                inbox.appendleft({"type": "command", "cmd_id": "resume", "op": "load_checkpoint",
-                                  "args": {"path": str(found["path"])}})
+                if takes:
+                    inbox.appendleft({"type": "command", "cmd_id": "resume", "op": "load_checkpoint",
+                                      "args": {"path": str(found["path"])}})
             elif "resume_from" in msg:
                 sys.stderr.write(f"weightslab: resuming run {self.resume_run}: it has no checkpoint; the "
                                  "training starts from its own initial state\n")
@@ -279,8 +312,10 @@ class Checkpointer:
         self.resume_waiting = False
         channel = self.session.channel
         if channel is None or not (self.session.runtime_dir / CONTROL_SOCKET).exists():
-            sys.stderr.write("weightslab: WEIGHTSLAB_RESUME=1 but no weightslabd runs here; training starts fresh\n")
+            why = "WEIGHTSLAB_RESUME=1" if self.resume else "restarted workers"
+            sys.stderr.write(f"weightslab: {why} but no weightslabd runs here; training starts fresh\n")
             return
+        timeout = RESTART_WAIT if self.restarted and not self.resume else timeout
         deadline = time.monotonic() + timeout
         if not self._welcomed.wait(timeout) or not self._resent.wait(max(0.0, deadline - time.monotonic())):
             sys.stderr.write("weightslab: no full answer from weightslabd to resume from; training goes on\n")
@@ -302,25 +337,41 @@ class Checkpointer:
         """Capture now (training thread), write in the background. The reply names the file to come."""
         began = time.perf_counter()
         s = self.session
-        state = {
-            "format": FORMAT, "step": int(s.step), "run_id": self.resume_run or s.run_id,
-            "model_hash": model_hash(s.models),
-            "models": [m.state_dict() for m in s.models if hasattr(m, "state_dict")],
-            "optimizers": [o.state_dict() if hasattr(o, "state_dict") else getattr(o, "param_groups", None)
-                           for o in s.optimizers],
-            "loaders": {name: loader_state(loader) for name, loader in s.loaders.items()},
-            "hparams": dict(s.hparams), "rng": rng_states(),
-        }
+        step, rank = int(s.step), self._job_rank()
+        name = f"step-{step:08d}-{self._token(step)}{SUFFIX}"
+        own = {"format": FORMAT, "step": step, "rank": rank, "world_size": int(getattr(s, "world_size", 1)),
+               "loaders": {split: loader_state(loader) for split, loader in s.loaders.items()}, "rng": rng_states()}
+        state = own if rank > 0 else dict(
+            own, run_id=self.resume_run or s.run_id, model_hash=model_hash(s.models),
+            models=[m.state_dict() for m in s.models if hasattr(m, "state_dict")],
+            optimizers=[o.state_dict() if hasattr(o, "state_dict") else getattr(o, "param_groups", None)
+                        for o in s.optimizers],
+            hparams=dict(s.hparams))
         state = self.host.copy(state)
         capture_s = time.perf_counter() - began
-        name = f"step-{state['step']:08d}-{secrets.token_hex(3)}{SUFFIX}"
         path = self.directory() / name if self.folder is not None else None
-        info = {"step": state["step"], "name": name, "reason": reason, "model_hash": state["model_hash"],
-                "hparams": _jsonable(state["hparams"]), "capture_s": capture_s}
+        mhash = model_hash(s.models) if rank > 0 else state["model_hash"]
+        info = {"step": step, "name": rank_file_name(name, rank) if rank > 0 else name, "reason": reason,
+                "model_hash": mhash, "hparams": _jsonable(dict(s.hparams)), "capture_s": capture_s,
+                "keep": _int(s.hparams.get(KEEP_KEY), KEEP_DEFAULT)}
         self._start()
-        self._queue.put((state, name, info))  # waits only while the previous write still runs
-        return {"path": str(path) if path else "", "step": state["step"], "model_hash": state["model_hash"],
+        self._queue.put((state, info["name"], info))  # waits only while the previous write still runs
+        return {"path": str(path) if path else "", "step": step, "model_hash": mhash,
                 "pause_ms": round((time.perf_counter() - began) * 1000, 3)}
+
+    def _job_rank(self) -> int:
+        """This process's rank in a job of several ranks (0 otherwise): rank > 0 writes only its own part."""
+        s = self.session
+        return int(s.rank) if getattr(s, "sync", None) is not None else 0
+
+    def _token(self, step: int) -> str:
+        """6 hex of the file name: random, or in a job of several ranks the same on every rank (the job,
+        its restart, the step and the count of saves, which every rank shares)."""
+        self.saves += 1
+        s = self.session
+        if getattr(s, "sync", None) is None:
+            return secrets.token_hex(3)
+        return hashlib.sha256(f"{s.job}|{s.restart}|{step}|{self.saves}".encode()).hexdigest()[:6]
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -334,6 +385,7 @@ class Checkpointer:
                 if item is None:
                     return
                 state, name, info = item
+                keep = info.pop("keep", KEEP_DEFAULT)
                 if self.folder is None and self.session.channel is not None:
                     self._welcomed.wait(WELCOME_WAIT)  # an early checkpoint: learn the run folder first
                 path = self.directory() / name
@@ -342,15 +394,17 @@ class Checkpointer:
                     began = time.perf_counter()
                     self.dirs.add(path.parent)
                     nbytes = write_file(path, state)
-                    removed = self._prune(path.parent, _int(state["hparams"].get(KEEP_KEY), KEEP_DEFAULT))
+                    removed = self._prune(path.parent, keep)
                     write_s = time.perf_counter() - began
                     self.host.give_back(state)
                     self.written.append(Written(path, state["step"], nbytes, info["capture_s"], write_s))
-                    self.notify(dict(info, type="checkpoint", bytes=nbytes, write_s=write_s, removed=removed))
+                    if NAME.fullmatch(name):  # a rank's own part is not a checkpoint of its own: not reported
+                        self.notify(dict(info, type="checkpoint", bytes=nbytes, write_s=write_s, removed=removed))
                 except Exception as exc:  # noqa: BLE001 - a full disk costs this checkpoint, not the training
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     sys.stderr.write(f"weightslab: checkpoint {path.name} not written: {self.last_error}\n")
-                    self.notify(dict(info, type="checkpoint", error=self.last_error))
+                    if NAME.fullmatch(name):
+                        self.notify(dict(info, type="checkpoint", error=self.last_error))
             finally:
                 self._queue.task_done()
 
@@ -362,25 +416,84 @@ class Checkpointer:
         return not self._queue.unfinished_tasks
 
     def _prune(self, folder: Path, keep: int) -> list[str]:
+        """All but the `keep` newest of this rank's files (rank 0: the checkpoints, and the ranks' parts of
+        those it removes; rank r: its own parts). The checkpoints removed."""
         if keep <= 0:
             return []
+        rank = self._job_rank()
+        ours = [p for p in folder.iterdir() if (rank_of_file(p.name) == rank if rank else NAME.fullmatch(p.name))]
         # newest written last (not highest step: after a restore to an earlier step, new files have lower steps)
-        mine = sorted((p for p in folder.iterdir() if NAME.fullmatch(p.name)),
-                      key=lambda p: (p.stat().st_mtime_ns, _step_of(p)))
+        mine = sorted(ours, key=lambda p: (p.stat().st_mtime_ns, _step_of(p)))
         removed = []
         for old in mine[:-keep]:
-            try:
-                old.unlink()
-                removed.append(str(old))
-            except OSError:
-                pass
+            parts = [p for p in folder.glob(old.name[:-len(SUFFIX)] + ".rank*" + SUFFIX)] if rank == 0 else []
+            for each in (old, *parts):
+                try:
+                    each.unlink()
+                except OSError:
+                    continue
+                if each is old and rank == 0:
+                    removed.append(str(old))
         return removed
 
     # -- restore -----------------------------------------------------------------------------------------
 
     def restore(self, path_text: str) -> dict[str, Any]:
-        """Roll the training back to a checkpoint file of this run (training thread, step boundary)."""
-        path = self._checked(path_text)
+        """Roll the training back to a checkpoint file of this run (training thread, step boundary). In a
+        job every rank reads the checkpoint and its own part first; they agree that all could, then load."""
+        s = self.session
+        problem: Exception | None = None
+        try:
+            path, state, own = self._read(path_text)
+        except Exception as exc:  # noqa: BLE001 - told to the other ranks before it is raised
+            problem = exc
+        sync = getattr(s, "sync", None)
+        if sync is not None and sync.up and sync.agree(1 if problem else 0) and problem is None:
+            raise ValueError("another rank of the job could not read this checkpoint; no rank loaded it")
+        if problem is not None:
+            raise problem
+        models = [m for m in s.models if hasattr(m, "state_dict")]
+        for model, saved in zip(models, state["models"], strict=True):
+            model.load_state_dict(saved)
+        for opt, saved in zip(s.optimizers, state["optimizers"], strict=True):
+            if hasattr(opt, "load_state_dict"):
+                opt.load_state_dict(saved)
+            elif saved is not None:
+                opt.param_groups[:] = copy.deepcopy(saved)
+        mine = own if own is not None else state  # a rank's own loaders and random states, if it has them
+        for name, saved in mine["loaders"].items():
+            set_loader_state(s.loaders[name], saved)
+        kept = {k: s.hparams[k] for k in UNRESTORED_HP if k in s.hparams}
+        s.hparams.clear()
+        s.hparams.update(state["hparams"])
+        s.hparams.update(kept)
+        s.step = int(state["step"])
+        s._hp_dirty = True  # the daemon hears the restored hyperparameters with the next step
+        if own is not None or self._job_rank() == 0:
+            set_rng_states(mine["rng"])  # last: making a loader's epoch above may have drawn from them
+        self.reschedule()
+        self.loaded.append(str(path))
+        if self._job_rank() > 0:  # rank 0's ack names the file (the daemon journals a resume's load once)
+            return {"step": s.step, "own_part": own is not None}
+        return {"restored": str(path), "step": s.step}
+
+    def continue_at(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A restarted worker group with no checkpoint to load: its steps go on from the run's (training
+        starts afresh, but the run's history never goes back)."""
+        s = self.session
+        step = _int(args.get("step"))
+        if step > s.step:
+            s.step = step
+            s._hp_dirty = True
+            self.reschedule()
+        return {"step": s.step}
+
+    def _read(self, path_text: str) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:
+        """The checkpoint, checked against this trainer, and in a job rank r's own part of it (None when
+        the checkpoint has none for this rank: it was written by fewer ranks, or the part was lost)."""
+        # rank r > 0 takes the folder rank 0 checked: the load reached it over the job's own process group,
+        # maybe before its own welcome named the run folder
+        path = self._checked(path_text, any_folder=self._job_rank() > 0)
         state = read_file(path)
         s = self.session
         if state.get("format") != FORMAT:
@@ -395,34 +508,33 @@ class Checkpointer:
         if state["model_hash"] != model_hash(s.models):
             raise ValueError(f"{path.name} is of another architecture (model hash {state['model_hash']}, this "
                              f"model {model_hash(s.models)})")
-        for model, saved in zip(models, state["models"], strict=True):
-            model.load_state_dict(saved)
-        for opt, saved in zip(s.optimizers, state["optimizers"], strict=True):
-            if hasattr(opt, "load_state_dict"):
-                opt.load_state_dict(saved)
-            elif saved is not None:
-                opt.param_groups[:] = copy.deepcopy(saved)
-        for name, saved in state["loaders"].items():
-            set_loader_state(s.loaders[name], saved)
-        kept = {k: s.hparams[k] for k in UNRESTORED_HP if k in s.hparams}
-        s.hparams.clear()
-        s.hparams.update(state["hparams"])
-        s.hparams.update(kept)
-        s.step = int(state["step"])
-        s._hp_dirty = True  # the daemon hears the restored hyperparameters with the next step
-        set_rng_states(state["rng"])  # last: making a loader's epoch above may have drawn from them
-        self.reschedule()
-        self.loaded.append(str(path))
-        return {"restored": str(path), "step": s.step}
+        rank = self._job_rank()
+        if rank == 0:
+            return path, state, None
+        self.wait()  # this rank's part of a checkpoint just taken may still be being written
+        part = path.with_name(rank_file_name(path.name, rank))
+        if not os.path.lexists(part):
+            sys.stderr.write(f"weightslab: {path.name} has no part of rank {rank}: this rank loads rank 0's "
+                             "loaders and keeps its own random states\n")
+            return path, state, None
+        self._private(part)
+        own = read_file(part)
+        if own.get("step") != state["step"] or sorted(own.get("loaders", ())) != sorted(state["loaders"]):
+            raise ValueError(f"{part.name} does not match {path.name}")
+        return path, state, own
 
-    def _checked(self, text: str) -> Path:
+    def _checked(self, text: str, any_folder: bool = False) -> Path:
         """Only a checkpoint file of ours: named as we name them, in this run's checkpoint folder (or the
         folder a resume names), a plain file of this user that no one else may write."""
         path = Path(text)
         if not NAME.fullmatch(path.name) or not path.is_absolute() or ".." in path.parts:
             raise ValueError(f"{text!r} is not a checkpoint file name this shim writes")
-        if path.parent.resolve() not in {d.resolve() for d in (*self.dirs, self.directory())}:
+        if not any_folder and path.parent.resolve() not in {d.resolve() for d in (*self.dirs, self.directory())}:
             raise ValueError(f"{path.name} is not in a checkpoint folder of this run ({self.directory()})")
+        return self._private(path)
+
+    @staticmethod
+    def _private(path: Path) -> Path:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
             raise ValueError(f"{path} is not a private file of this user; not loaded")
@@ -486,8 +598,18 @@ def read_file(path: Path) -> dict[str, Any]:
         return dict(pickle.load(f))  # noqa: S301 - our own private file, checked by Checkpointer._checked
 
 
+def rank_file_name(name: str, rank: int) -> str:
+    """The name of rank `rank`'s own part of checkpoint `name`."""
+    return f"{name[:-len(SUFFIX)]}.rank{rank}{SUFFIX}"
+
+
+def rank_of_file(name: str) -> int | None:
+    m = RANK_NAME.fullmatch(name)
+    return int(m.group(2)) if m else None
+
+
 def _step_of(path: Path) -> int:
-    m = NAME.fullmatch(path.name)
+    m = NAME.fullmatch(path.name) or RANK_NAME.fullmatch(path.name)
     return int(m.group(1)) if m else -1
 
 

@@ -119,7 +119,8 @@ class WatchedLoader:
         self.split = loader_name or ("train" if is_training else f"split{len(session.loaders)}")
         self.is_training = is_training
         self.sampler = DenyAwareBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed)
-        if getattr(session, "world_size", 1) > 1:  # a torchrun job: this rank's share (distributed.py)
+        # a torchrun job (even of one rank: its epoch orders do not depend on the world size): this rank's share
+        if getattr(session, "job", None) or getattr(session, "world_size", 1) > 1:
             from .distributed import ShardedBatchSampler
 
             self.sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle, drop_last, seed,

@@ -35,20 +35,63 @@ import numpy as np
 from .data import DenyAwareBatchSampler
 
 PAUSE_TICK = 0.05  # seconds between the ranks' meetings while paused
+NONCE_KEY = "weightslab/job"  # in torchrun's agent store: the job's nonce (job_nonce)
+STORE_TIMEOUT = 10.0
 
 
 def job_of(env: Mapping[str, str]) -> str | None:
-    """The job this process is a rank of, the same for every rank on this node; None outside torchrun.
-    torchrun sets TORCHELASTIC_RUN_ID ("none" without a rendezvous id); the rendezvous address and the
-    agent process (every local rank's parent, kept across elastic restarts) tell jobs apart otherwise."""
+    """The job this process is a rank of, the same for every rank of it; None outside torchrun.
+    torchrun sets TORCHELASTIC_RUN_ID ("none" without a rendezvous id); on one node the rendezvous
+    address and the agent process (every local rank's parent, kept across elastic restarts) tell jobs
+    apart otherwise. A job on several nodes is named alike on all of them: the run id, the rendezvous
+    address and a nonce the ranks share through torchrun's agent store (`job_nonce`)."""
     if not all(env.get(k, "").strip() for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
         return None
     run = env.get("TORCHELASTIC_RUN_ID", "").strip()
     master = f"{env.get('MASTER_ADDR', '').strip()}:{env.get('MASTER_PORT', '').strip()}"
     if (not run or run == "none") and master == ":":
         return None
-    key = f"{run}|{master}|{socket.gethostname()}|{os.getppid()}"
+    if spans_nodes(env):
+        key = f"{run}|{master}|{job_nonce(env)}"
+    else:
+        key = f"{run}|{master}|{socket.gethostname()}|{os.getppid()}"
     return "job-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def spans_nodes(env: Mapping[str, str]) -> bool:
+    """Whether the job has ranks on other nodes (torchrun's LOCAL_WORLD_SIZE below WORLD_SIZE)."""
+    local, world = env.get("LOCAL_WORLD_SIZE", "").strip(), env.get("WORLD_SIZE", "").strip()
+    return local.isdigit() and world.isdigit() and int(local) < int(world)
+
+
+def node_rank_of(env: Mapping[str, str]) -> int:
+    """This node's place in the job (torchrun's GROUP_RANK): 0 on rank 0's node, whose daemon is the
+    job's home; the other nodes' daemons forward to it (docs/distributed.md)."""
+    group = env.get("GROUP_RANK", "").strip()
+    return int(group) if group.isdigit() and spans_nodes(env) else 0
+
+
+def job_nonce(env: Mapping[str, str]) -> str:
+    """A value every rank of the job reads alike and no other job has: the first rank to ask puts a
+    random one in torchrun's agent store (at MASTER_ADDR:MASTER_PORT, up for the job's life), the others
+    read it. "" without the agent's store: then the run id and the rendezvous address alone name the job
+    (give torchrun a unique --rdzv-id)."""
+    if env.get("TORCHELASTIC_USE_AGENT_STORE", "").strip().lower() != "true":
+        return ""
+    try:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        store: Any = dist.TCPStore(  # type: ignore[attr-defined]
+            env["MASTER_ADDR"].strip(), int(env["MASTER_PORT"]), is_master=False,
+            timeout=timedelta(seconds=STORE_TIMEOUT))
+        value = store.compare_set(NONCE_KEY, "", os.urandom(8).hex())
+        return value.decode() if isinstance(value, bytes) else str(value)
+    except Exception as exc:  # noqa: BLE001 - the job is still named, less surely
+        print(f"weightslab: torchrun's agent store did not answer ({type(exc).__name__}: {exc}); the job is named "
+              "by its run id and rendezvous address only", file=sys.stderr)
+        return ""
 
 
 def restart_of(env: Mapping[str, str]) -> int:

@@ -13,6 +13,7 @@ to the host; for a CPU batch everything happens later, on the publisher's thread
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from typing import Any
@@ -152,22 +153,25 @@ def _to_uint8_torch(torch: Any, batch: Any) -> Any:
     return torch.where(finite, out, 0)
 
 
-def reduce(inputs: Any, picked: np.ndarray) -> Staged | Deferred:
-    """The previews of the `picked` samples of a batch: thinned and 8-bit (see the module docstring)."""
+def reduce(inputs: Any, picked: np.ndarray | None) -> Staged | Deferred:
+    """The previews of the `picked` samples of a batch (None: all of them), thinned and 8-bit (see the
+    module docstring)."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(inputs, torch.Tensor):
         batch = inputs.detach()
         if batch.is_cuda:
-            index = torch.from_numpy(picked).pin_memory().to(batch.device, non_blocking=True)
-            chosen = batch[index]
+            chosen = batch
+            if picked is not None:
+                chosen = batch[torch.from_numpy(picked).pin_memory().to(batch.device, non_blocking=True)]
             slices = spatial_slices(tuple(chosen.shape[1:]))
             return stage(_to_uint8_torch(torch, chosen[slices] if slices else chosen))
+        held = batch.element_size() * batch.nelement()
         if batch.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
-            return Deferred(lambda: _reduce_host(batch[torch.from_numpy(picked)].float().numpy()),
-                            preview_bytes(batch, picked))
-        return Deferred(lambda: _reduce_host(batch.numpy(), picked), preview_bytes(batch, picked))
+            return Deferred(lambda: _reduce_host((batch if picked is None else batch[torch.from_numpy(picked)])
+                                                 .float().numpy()), preview_bytes(batch, picked), held)
+        return Deferred(lambda: _reduce_host(batch.numpy(), picked), preview_bytes(batch, picked), held)
     array = np.asarray(inputs)
-    return Deferred(lambda: _reduce_host(array, picked), preview_bytes(array, picked))
+    return Deferred(lambda: _reduce_host(array, picked), preview_bytes(array, picked), array.nbytes)
 
 
 def _reduce_host(batch: np.ndarray, picked: np.ndarray | None = None) -> np.ndarray:
@@ -177,8 +181,17 @@ def _reduce_host(batch: np.ndarray, picked: np.ndarray | None = None) -> np.ndar
     return to_uint8(mine, scratch=True)  # a copy either way (fancy indexing copies): ours to overwrite
 
 
-def preview_bytes(batch: Any, picked: np.ndarray) -> int:
-    """Bytes the previews will take: one per value that the stride keeps."""
-    shape = tuple(int(n) for n in batch.shape[1:])
+def preview_bytes(batch: Any, picked: np.ndarray | None, count: int | None = None) -> int:
+    """Bytes the previews will take: one per value that the stride keeps, for the `picked` samples (None:
+    `count` of them, else the whole batch)."""
+    if picked is not None:
+        count = len(picked)
+    elif count is None:
+        count = int(batch.shape[0])
+    return count * _kept_per_sample(tuple(int(n) for n in batch.shape[1:]))
+
+
+@functools.lru_cache(maxsize=64)
+def _kept_per_sample(shape: tuple[int, ...]) -> int:
     slices = spatial_slices(shape)[1:] or (slice(None),) * len(shape)
-    return len(picked) * math.prod(len(range(*s.indices(n))) for s, n in zip(slices, shape, strict=True))
+    return math.prod(len(range(*s.indices(n))) for s, n in zip(slices, shape, strict=True))

@@ -4,6 +4,14 @@ The training thread only hands over a step's values (`submit`, a deque append). 
 arrays, encoding, checksumming and copying into the ring happen here, mostly while the trainer is
 inside torch code that has released the GIL. The queue is bounded: when this thread falls behind,
 the newest record is dropped and counted, and the trainer never waits.
+
+Every time this thread wakes it takes the GIL, and a trainer that comes back from torch code meanwhile
+waits for it: waking costs the trainer a GIL hand-over or two whatever the record. So the thread is not
+woken for each record. Once WAKE_RECORDS records wait, or the oldest has waited WAKE_AFTER seconds
+(checked as records come in), a wake is due: it happens at the next `nudge`, which the session gives
+when the training thread records a loss, right before backward, whose engine runs without the GIL; or
+at once when twice that is waiting (a loop that records no loss), or when the inputs kept for previews
+reach WAKE_HELD bytes. With nothing new the thread looks again every IDLE_WAIT by itself.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from .ring import WORDSUM_MIN, RecordType, RingWriter
 
 MAX_QUEUE = 256  # records waiting to be written (device copies in flight included)
 POLL_PENDING = 0.001  # how often to look again at a record whose device copy is still running
+WAKE_RECORDS = 8
+WAKE_AFTER = 0.05  # seconds
+WAKE_HELD = 16 << 20  # bytes of the user's inputs kept alive for previews not yet reduced
+IDLE_WAIT = 0.25  # seconds: a record never waits longer for a wake
 
 Fields = list[tuple[str, Any]]  # (name, Staged | Lazy)
 
@@ -34,8 +46,14 @@ class Publisher:
         self._on_dropped = on_dropped
         self._queue: deque[tuple[int, int, Fields]] = deque()
         self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._idle = threading.Event()  # set when the queue has run empty (flush waits on it)
+        self._submitted = 0  # records queued (the training thread counts them)
+        self._done = 0  # records written or dropped here (this thread counts them)
+        # Since the last wake (training thread only): records queued, when the first was, bytes held.
+        self._unwoken = 0
+        self._since = 0.0
+        self._held = 0
+        self.due = False  # a wake is due at the next nudge
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="weightslab-publisher", daemon=True)
 
@@ -47,15 +65,43 @@ class Publisher:
             self.dropped += 1
             self._on_dropped(rtype, fields)
             return
-        self._idle.clear()
         self._queue.append((rtype, step, fields))
-        if not self._wake.is_set():
-            self._wake.set()
+        self._submitted += 1
+        now = time.monotonic()
+        if not self._unwoken:
+            self._since = now
+        self._unwoken += 1
+        if rtype == RecordType.PREVIEW:
+            self._held += sum(getattr(value, "held", 0) for _, value in fields)
+        if self._held >= WAKE_HELD or self._unwoken >= 2 * WAKE_RECORDS or now - self._since >= 2 * WAKE_AFTER:
+            self.wake()
+        elif self._unwoken >= WAKE_RECORDS or now - self._since >= WAKE_AFTER:
+            self.due = True
+
+    def nudge(self) -> None:
+        """The training thread is about to run torch code without the GIL (backward): wake if due."""
+        if self.due:
+            self.wake()
+
+    def wake(self) -> None:
+        """Have the thread write what is queued now (training thread)."""
+        self.due = False
+        self._unwoken = 0
+        self._held = 0
+        self._wake.set()
 
     def flush(self, timeout: float) -> bool:
-        """Wait (bounded) until everything submitted is in the ring."""
-        self._wake.set()
-        return self._idle.wait(timeout)
+        """Wait (bounded) until everything submitted so far is in the ring (or dropped)."""
+        target = self._submitted
+        deadline = time.monotonic() + timeout
+        while self._done < target:
+            self._idle.clear()
+            if self._done >= target:
+                break
+            self.wake()
+            if not self._idle.wait(max(0.0, deadline - time.monotonic())):
+                return self._done >= target
+        return True
 
     def close(self, timeout: float) -> None:
         self.flush(timeout)
@@ -67,13 +113,14 @@ class Publisher:
     def _run(self) -> None:
         pending = False
         while not (self._stopping and not self._queue):
-            self._wake.wait(POLL_PENDING if pending else 0.5)
+            self._wake.wait(POLL_PENDING if pending else IDLE_WAIT)
             self._wake.clear()
             try:
                 pending = self._drain()
             except Exception:  # noqa: BLE001 - a record that cannot be written is dropped, the thread lives
                 if self._queue:
                     rtype, _, fields = self._queue.popleft()
+                    self._done += 1
                     self.dropped += 1
                     self._on_dropped(rtype, fields)
                 pending = bool(self._queue)
@@ -90,6 +137,7 @@ class Publisher:
                 return True
             self._queue.popleft()
             self._write(rtype, step, fields)
+            self._done += 1
             time.sleep(0)  # hand the GIL back between records: a trainer waiting for it waits one record
         return False
 

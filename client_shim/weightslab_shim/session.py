@@ -23,7 +23,7 @@ import numpy as np
 from . import records, wire
 from .channel import ControlChannel
 from .checkpoints import Checkpointer
-from .distributed import StepSync, job_of, restart_of
+from .distributed import StepSync, job_of, node_rank_of, restart_of
 from .evaluation import Evaluator, cancel_message
 from .previews import preview_bytes
 from .previews import reduce as reduce_previews
@@ -76,6 +76,7 @@ class Session:
         self.rank, self.world_size = _distributed(env)
         self.job = job_of(env)  # a torchrun job: every rank attaches to one run (distributed.py)
         self.restart = restart_of(env) if self.job else 0  # torchrun's elastic restarts so far
+        self.node_rank = node_rank_of(env) if self.job else 0  # > 0: the job's home is another node's daemon
         self.sync = StepSync(self.rank, self.world_size) if self.job and self.world_size > 1 else None
         self.step = 0
         self.hparams: dict[str, Any] = {}
@@ -93,6 +94,8 @@ class Session:
         self._hp_dirty = True
         self._hp_sent: dict[str, Any] = {}
         self._have_previews: dict[str, np.ndarray] = {}
+        self._missing: dict[str, tuple[np.ndarray, int, int]] = {}  # per split: (`have`, samples it lacks, gen)
+        self._unmarked = 0  # previews given back after a drop, so far
         self._pid = os.getpid()
         self._closed = False
         self.ring: RingWriter | None = None
@@ -163,7 +166,7 @@ class Session:
         return {
             "type": wire.HELLO, "protocol": wire.PROTOCOL_VERSION, "pid": self._pid,
             "host": socket.gethostname(), "rank": self.rank, "world_size": self.world_size, "job": self.job,
-            "restart": self.restart,
+            "restart": self.restart, "node_rank": self.node_rank,
             "run_name": self.run_name, "run_id": self.run_id, "script_dir": self.script_dir,
             "script_dir_id": self._script_dir_id,
             "splits": dict(self.splits), "hparams": _jsonable(self.hparams), "step": self.step,
@@ -288,6 +291,8 @@ class Session:
                     continue
                 if not self.paused or self._closed:
                     return
+                if self.publisher is not None:
+                    self.publisher.wake()  # paused: what the last steps published goes out now
                 waited = time.monotonic()
                 self._cond.wait(0.5)  # the control thread keeps heartbeating meanwhile
                 self.paused_seconds += time.monotonic() - waited
@@ -301,6 +306,7 @@ class Session:
             "get_hparams": lambda args: {"hparams": _jsonable(self.hparams)},
             "save_checkpoint": lambda args: self.checkpoints.save(str(args.get("reason") or "command")),
             "load_checkpoint": lambda args: self.checkpoints.restore(str(args["path"])),
+            "continue_at": self.checkpoints.continue_at,  # a restarted job's group without a checkpoint
             "evaluate": self.evaluation.request,
             "eval_policy": self.evaluation.set_policy,
         }.get(str(op))
@@ -373,10 +379,14 @@ class Session:
         self._fields.append((f"ids{SEP}{split}{SEP}{name}{SEP}{n}", hold(ids, I64)))
         self._fields.append((f"sig{SEP}{split}{SEP}{name}{SEP}{n}", hold(values, F32)))
         self._add_batch_values(split, n, targets, preds, preds_raw)
+        if self.publisher is not None:
+            self.publisher.nudge()  # a loss, before its backward: a publisher woken now takes no GIL from us
 
     @never_raises
     def add_scalar(self, name: str, value: Any) -> None:
         self._fields.append((f"scalar{SEP}{name}{SEP}{len(self._fields)}", hold(value, F64)))
+        if self.publisher is not None:
+            self.publisher.nudge()
 
     @never_raises
     def add_batch(self, split: str, ids: Any, targets: Any = None, preds: Any = None, preds_raw: Any = None) -> None:
@@ -396,26 +406,30 @@ class Session:
         have = self._have_previews.get(split)
         if have is None or self.channel is None or not self.channel.attached.is_set():
             return
+        missing, gen = self._missing.get(split), self._unmarked
+        if missing is not None and missing[0] is have and missing[1] == 0 and missing[2] == gen:
+            return  # the daemon has every sample's preview: nothing to look up (later epochs)
         id_arr = to_numpy(ids).astype(np.int64, copy=False).reshape(-1)
         in_range = (id_arr >= 0) & (id_arr < have.size)
-        need = np.flatnonzero(in_range & ~have[np.clip(id_arr, 0, have.size - 1)])[:PREVIEWS_PER_STEP]
+        need = np.flatnonzero(in_range & ~have[np.where(in_range, id_arr, 0)])[:PREVIEWS_PER_STEP]
         if need.size == 0 or self.ring is None:
             return
-        paths: list[str | None] = [None] * need.size
-        if path_of is not None:
+        paths: list[str | None] = []
+        if path_of is None:
+            pixels, named, by_file = need, need[:0], None
+        else:
             paths = [path_of(int(i)) for i in id_arr[need]]
-        # A sample whose image file the daemon reads too sends only the path (the daemon's thumbnails come
-        # from the file, at full resolution); the others send their input, thinned and 8-bit.
-        by_file = np.array([bool(p) and self.daemon_reads_files and _readable(p) for p in paths], dtype=bool)
-        pixels = need[~by_file]
-        per_sample = max(1, preview_bytes(inputs, np.arange(1)))
+            # A sample whose image file the daemon reads too sends only the path (the daemon's thumbnails
+            # come from the file, at full resolution); the others send their input, thinned and 8-bit.
+            by_file = np.array([bool(p) and self.daemon_reads_files and _readable(p) for p in paths], dtype=bool)
+            pixels, named = need[~by_file], need[by_file]
+        per_sample = max(1, preview_bytes(inputs, None, 1))
         budget = self.ring.max_record // PREVIEW_BYTES_SHARE - sum(s.nbytes() for _, s in self._previews)
         pixels = pixels[: max(0, budget // per_sample)]
-        named = need[by_file]
         if pixels.size == 0 and named.size == 0:
             return  # too big for this step's share: these samples are offered again when seen again
         n = len(self._previews)
-        if named.size:
+        if named.size and by_file is not None:
             have[id_arr[named]] = True
             self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[named].astype(np.int64))))
             self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field(
@@ -424,15 +438,25 @@ class Session:
                 self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", hold(_take(targets, named))))
             n += 1
         if pixels.size:
-            have[id_arr[pixels]] = True
-            self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[pixels].astype(np.int64))))
-            self._previews.append((f"x{SEP}{split}{SEP}{n}", reduce_previews(inputs, pixels)))
+            whole = pixels.size == id_arr.size  # every sample of the batch, in order (a first epoch): no picking
+            chosen = id_arr.copy() if whole else id_arr[pixels]
+            have[chosen] = True
+            self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(chosen)))
+            self._previews.append((f"x{SEP}{split}{SEP}{n}", reduce_previews(inputs, None if whole else pixels)))
             if targets is not None:
-                self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", hold(_take(targets, pixels))))
-            sent_paths = [paths[int(i)] for i in np.flatnonzero(~by_file)][: pixels.size]
-            if any(sent_paths):  # a file the daemon may still read better than the thinned tensor
-                self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field(
-                    {"paths": sent_paths}))))
+                self._previews.append((f"ptgt{SEP}{split}{SEP}{n}",
+                                       hold(targets if whole else _take(targets, pixels))))
+            if by_file is not None:
+                sent_paths = [paths[int(i)] for i in np.flatnonzero(~by_file)][: pixels.size]
+                if any(sent_paths):  # a file the daemon may still read better than the thinned tensor
+                    self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field(
+                        {"paths": sent_paths}))))
+        # Samples still without a preview: counted down as they are sent, and counted again where the
+        # count reaches 0 (a batch may hold an id twice), so that later epochs skip the lookup above.
+        left = missing[1] - pixels.size - named.size if missing is not None and missing[0] is have else 0
+        if left <= 0:
+            left = have.size - int(np.count_nonzero(have))
+        self._missing[split] = (have, left, gen)  # a drop meanwhile (another `gen`) voids a 0
 
     def _dropped(self, rtype: int, fields: Fields) -> None:
         """The publisher could not write a record: previews in it are offered again later."""
@@ -445,6 +469,7 @@ class Session:
             have = self._have_previews.get(parts[1]) if parts[0] == "pids" else None
             if have is not None:
                 have[staged.array()] = False
+                self._unmarked += 1  # a count of 0 taken before this no longer holds
 
 
 def _ids_arg(args: Mapping[str, Any], size: int) -> np.ndarray:

@@ -135,13 +135,15 @@ def nbytes_of(value: Any) -> int:
 
 
 class Deferred:
-    """A value computed later, on the publisher's thread (`make` runs there, once)."""
+    """A value computed later, on the publisher's thread (`make` runs there, once). `held`: bytes of the
+    user's data that `make` keeps alive until then (the publisher wakes early when they add up)."""
 
-    __slots__ = ("_make", "_nbytes")
+    __slots__ = ("_make", "_nbytes", "held")
 
-    def __init__(self, make: Callable[[], np.ndarray], nbytes: int) -> None:
+    def __init__(self, make: Callable[[], np.ndarray], nbytes: int, held: int = 0) -> None:
         self._make = make
         self._nbytes = nbytes
+        self.held = held
 
     def ready(self) -> bool:
         return True

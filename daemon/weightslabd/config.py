@@ -153,6 +153,20 @@ def _origins(value: Any) -> str:
     return ",".join(parse_origins(_text(value)))
 
 
+def _address(low_port: int) -> Callable[[Any], str]:
+    """`host:port` (`[v6]:port`), the port in low_port..65535; stored as given, stripped."""
+
+    def parse(value: Any) -> str:
+        text = _text(value)
+        host, sep, port = text.rpartition(":")
+        if not sep or not _host(host.strip("[]")) or not _INTEGER.fullmatch(port):
+            raise ValueError(text)
+        _integer(low_port, 65535)(port)
+        return text
+
+    return parse
+
+
 def _unset_or(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Empty text means unset, so `VAR=` in a file behaves like a missing line."""
 
@@ -172,6 +186,9 @@ Host = Annotated[str, Rule("a host name or IP address without spaces", _host)]
 GRPC_WEB_OFF = -1  # WEIGHTSLAB_GRPC_WEB_PORT value that turns the gRPC-Web endpoint off
 WebPort = Annotated[int, Rule("an integer port 0..65535 (0 = any free port), or -1 (off)", _integer(-1, 65535))]
 Origins = Annotated[str, Rule("comma-separated origins scheme://host[:port], scheme://host:* or *", _origins)]
+NodeAddress = Annotated[str | None, Rule("host:port (port 1..65535), or unset", _unset_or(_address(1)))]
+ListenAddress = Annotated[str | None, Rule("host:port (port 0..65535, 0 = any free port), or unset",
+                                           _unset_or(_address(0)))]
 Positive = Annotated[int, Rule("an integer >= 1", _integer(1))]
 NonNegative = Annotated[int, Rule("an integer >= 0", _integer(0))]
 Seconds = Annotated[float, Rule("a number of seconds > 0", _number(0, inclusive=False))]
@@ -452,6 +469,29 @@ class Settings(BaseSettings):
         "http://localhost:*,http://127.0.0.1:*,http://[::1]:*", _ADDITIONS,
         "Browser origins allowed to call the gRPC-Web endpoint (CORS), comma-separated: scheme://host[:port], "
         "scheme://host:* for any port, or * for any origin; a request from any other origin is refused.",
+    )
+    weightslab_forward_to: NodeAddress = _setting(
+        None, _ADDITIONS,
+        "The home daemon (on the node of rank 0) to which this daemon forwards, over mutual TLS, the records "
+        "of its ranks of a torchrun job that spans several nodes (docs/distributed.md).",
+        unset="no forwarding: every job is kept here",
+    )
+    weightslab_forward_listen: ListenAddress = _setting(
+        None, _ADDITIONS,
+        "Address on which this daemon, as a job's home, accepts other nodes' forwarded records over mutual TLS; "
+        "0 as the port picks any free one (written to <runtime dir>/daemon.json).",
+        unset="no listener",
+    )
+    weightslab_forward_cert_dir: OptionalPath = _setting(
+        None, _ADDITIONS,
+        "Folder of the certificates nodes use between them: ca.crt, backend-server.crt/.key for the home's "
+        "listener, client.crt/.key for a forwarding node (as weightslabd certs writes them).",
+        unset="GRPC_TLS_CERT_DIR",
+    )
+    weightslab_forward_buffer_mb: Positive = _setting(
+        64, _ADDITIONS,
+        "Most MiB of records a forwarding node holds while the home is away; past it, records wait in the "
+        "ranks' rings, and a full ring drops and counts new ones.",
     )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -29,6 +29,7 @@ from weightslabd.api.servicer import ExperimentServicer
 from weightslabd.config import Settings, check_binds
 from weightslabd.evaluation.coordinator import TimeoutPolicy
 from weightslabd.ipc.control import ControlServer
+from weightslabd.nodes.link import NodeLink, NodesError
 from weightslabd.ops.logs import reopen_log_files
 from weightslabd.ops.supervision import Supervisor
 from weightslabd.ops.watchdog import InflightCalls, Watchdog
@@ -79,6 +80,7 @@ class Daemon:
         self._front_socket: Path | None = None  # with TLS on: where the front reaches the gRPC server
         self.front: FrontProcess | None = None
         self.supervisor = Supervisor()
+        self.nodes: NodeLink | None = None  # a forwarding node, or a home of jobs on several nodes
 
     # -- boot ------------------------------------------------------------------------------------
 
@@ -100,6 +102,10 @@ class Daemon:
         agent = self._agent()
         tls = self._tls_config()
         try:
+            nodes = NodeLink(s)  # its settings and certificates checked before anything starts
+        except NodesError as exc:
+            raise BootError(str(exc)) from None
+        try:
             ensure_private_dir(self.runtime_dir)
         except UnsafeRuntimeDir as exc:  # another user's directory, or one others can enter: refused
             raise BootError(str(exc)) from None
@@ -111,7 +117,13 @@ class Daemon:
         self.control = ControlServer(self.runtime_dir, self.registry, hp_sync=s.wl_enable_hp_sync,
                                      heartbeat_timeout=s.weightslab_heartbeat_timeout_seconds)
         self.control.recover_orphans()
+        self.nodes = nodes
+        nodes.forward(self.control, self.runtime_dir)  # before any hello is taken
         self.control.start()
+        try:
+            nodes.listen_for_nodes(self.control, self.registry, self.runtime_dir)
+        except NodesError as exc:
+            raise BindError(str(exc)) from None
         self.servicer = ExperimentServicer(self.registry, self.control, s.grpc_watchdog_stuck_seconds, agent,
                                            eval_policy=TimeoutPolicy.from_settings(s))
         self.audit = AuditLog(s.audit_log_format, s.log_dir())
@@ -238,7 +250,8 @@ class Daemon:
         state = {"pid": os.getpid(), "grpc_address": self.grpc_address, "grpc_port": self.grpc_port,
                  "control": self.control.endpoint,
                  "cli_port": self.cli_server.port if self.cli_server is not None else self.grpc_port,
-                 "grpc_web_port": self.web.port if self.web is not None else None}
+                 "grpc_web_port": self.web.port if self.web is not None else None,
+                 "forward_port": self.nodes.port if self.nodes is not None else None}
         tmp = self.runtime_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.runtime_dir / STATE_FILE)
@@ -299,6 +312,8 @@ class Daemon:
             self.audit.close()
         if self.control is not None:
             self.control.stop()
+        if self.nodes is not None:  # after the control server: ranks' last records and leaving forwarded
+            self.nodes.stop()
         if self.registry is not None:
             self.registry.close()
         with contextlib.suppress(FileNotFoundError):

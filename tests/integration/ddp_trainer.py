@@ -1,7 +1,8 @@
 """A 2-rank DDP loop (gloo, CPU) for tests/integration/test_distributed.py, run under torchrun.
 
 Each rank appends what it really did per step to <log-dir>/rank<r>.jsonl: step, learning rate, batch
-size, sample ids, epoch, per-sample losses, when the step began and torchrun's restart count; with
+size, sample ids, epoch, per-sample losses, when the step began, torchrun's restart count, the world size
+and a number drawn from the rank's own torch random state (seeded by its rank); with
 --eval-size, each batch of an evaluation pass to <log-dir>/eval<r>.jsonl. The ranks stop together, at
 the first step boundary after the --until file exists (agreed by an all-reduce, so no rank is left in a
 collective)."""
@@ -54,6 +55,7 @@ def main() -> None:
     wl.watch_or_edit(model, flag="model")
     optimizer = wl.watch_or_edit(torch.optim.SGD(model.parameters(), lr=hp["learning_rate"]), flag="optimizer")
     criterion = wl.watch_or_edit(torch.nn.MSELoss(reduction="none"), flag="loss", signal_name="loss")
+    torch.manual_seed(100 + rank)  # each rank's own random state: a checkpoint keeps every rank's
     session = wl.session()
     if args.eval_size:  # each evaluation batch, through the DDP model, logged to <log-dir>/eval<r>.jsonl
         eval_data = [(torch.rand(4, generator=gen), torch.rand(1, generator=gen)) for _ in range(args.eval_size)]
@@ -87,7 +89,8 @@ def main() -> None:
                 optimizer.step()
                 log.write(json.dumps({"step": step, "lr": optimizer.param_groups[0]["lr"], "bs": len(ids),
                                       "ids": ids.tolist(), "epoch": loader.sampler.epoch - 1,
-                                      "losses": losses.tolist(), "began": began, "restart": restart}) + "\n")
+                                      "losses": losses.tolist(), "began": began, "restart": restart,
+                                      "world": dist.get_world_size(), "noise": float(torch.rand(1))}) + "\n")
                 log.flush()
             if rank == 0 and step % 7 == 0:  # rank 0 alone evaluates now and then: no rank may wait for it
                 with wl.guard_testing_context, torch.no_grad():

@@ -42,12 +42,13 @@ def loss_steps(stub: Any) -> list[int]:
     return [p.model_age for p in history(stub) if p.metric_name == "loss"]
 
 
-def start_job(env: dict[str, str], tmp: Path, *torchrun: str, script: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+def start_job(env: dict[str, str], tmp: Path, *torchrun: str, script: tuple[str, ...] = (),
+              nproc: int = WORLD) -> subprocess.Popen[bytes]:
     """The 2-rank job (`script`: more ddp_trainer.py arguments); it stops at the first step boundary after
     tmp/stop exists."""
     with open(tmp / "torchrun.out", "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 f"--nproc_per_node={WORLD}", *torchrun, str(DDP_TRAINER), "--log-dir", str(tmp),
+                                 f"--nproc_per_node={nproc}", *torchrun, str(DDP_TRAINER), "--log-dir", str(tmp),
                                  "--until", str(tmp / "stop"), "--step-sleep", "0.005", *script],
                                 env={**env, "WEIGHTSLAB_RUN_NAME": "ddp"}, stdout=out, stderr=subprocess.STDOUT)
 
@@ -171,7 +172,8 @@ def test_a_rank_killed_comes_back_through_torchruns_restart_into_the_same_run(
 
         wait_for(lambda: all(len(restarted(r)) > 8 for r in range(WORLD)), 60, "the restarted workers stepping")
         restarts = wait_for(lambda: grpc_cli(daemon, "status")["restarts"], 10, "the restart in the status")
-        assert [(e["restart"], e["step"] > 8) for e in restarts] == [(1, True)], restarts
+        assert [(e["restart"], e["step"] > 8, e["world_size"], e["resumed_from"]) for e in restarts] == [
+            (1, True, WORLD, None)], restarts
         (tmp_path / "stop").touch()
         assert proc.wait(30) == 0, (tmp_path / "torchrun.out").read_text()
     finally:
@@ -180,14 +182,23 @@ def test_a_rank_killed_comes_back_through_torchruns_restart_into_the_same_run(
     assert len(runs) == 1, runs  # the restarted ranks' job id is the first ones': the same run
     again = [restarted(r) for r in range(WORLD)]
     steps = [d["step"] for d in again[0]]
-    assert steps == list(range(len(steps))) == [d["step"] for d in again[1]]  # counted from 0 again
+    first = [d["step"] for d in rank_log(tmp_path, 0) if d["restart"] == 0]
+    # No checkpoint: the new group's steps go on past every step the daemon had seen (the old group's
+    # last, a failed step's partial record after it, or before it if its records died with the ranks).
+    assert steps == list(range(steps[0], steps[0] + len(steps))) == [d["step"] for d in again[1]]
+    assert steps[0] == restarts[0]["from_step"] and max(first) <= steps[0] <= max(first) + 2, (
+        steps[:2], max(first), restarts, [ln for ln in (tmp_path / "torchrun.out").read_text().splitlines()
+                                          if "weightslab" in ln])
     # The new workers' records reach the run (their rings start past the old ones in each lane), and
     # their curve is merged afresh over both: the last len(steps) points are theirs, step by step.
     wait_for(lambda: loss_steps(stub)[-len(steps):] == steps, 10, "the restarted workers' curve")
+    all_steps = loss_steps(stub)
+    assert all_steps == sorted(set(all_steps)), "the run's curve went back"
     points = [p for p in history(stub) if p.metric_name == "loss"][-len(steps):]
+    by_step = [{d["step"]: d for d in log} for log in again]
     for s, point in zip(steps, points, strict=True):
-        per_rank = [sum(log[s]["losses"]) / len(log[s]["losses"]) for log in again]
-        values = [v for log in again for v in log[s]["losses"]]
+        per_rank = [sum(log[s]["losses"]) / len(log[s]["losses"]) for log in by_step]
+        values = [v for log in by_step for v in log[s]["losses"]]
         assert point.metric_value == pytest.approx(sum(values) / len(values), rel=1e-4), f"step {s}"
         assert (point.value_min, point.value_max) == pytest.approx((min(per_rank), max(per_rank)), rel=1e-4)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from weightslabd.proto import experiment_service_pb2 as pb
-from weightslabd.store import compactor
+from weightslabd.store import compactor, parquet_curves
 
 from .harness import Daemon, Trainer, history, run_folder, wait_for
 
@@ -34,7 +34,8 @@ def export(env: dict[str, str], run: str, to: Path) -> subprocess.CompletedProce
 @pytest.mark.timeout(90)
 def test_an_exported_run_opens_in_pandas_and_duckdb_as_the_docs_show(env: dict[str, str], tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    env = dict(env, **{compactor.CHUNK_ENV: "128"})  # some chunks at rest, one still in memory
+    env = dict(env, **{compactor.CHUNK_ENV: "128",  # some chunks at rest, one still in memory
+                       parquet_curves.CHUNK_ENV: "16"})  # the curves' too
     daemon = Daemon(env, tmp_path / "daemon.log").start()
     try:
         stub = daemon.stub()
@@ -49,6 +50,8 @@ def test_an_exported_run_opens_in_pandas_and_duckdb_as_the_docs_show(env: dict[s
                                    timeout=10).success
         step_values = sorted(stub.GetStepSamples(pb.StepSamplesRequest(metric_name="loss", model_age=7),
                                                  timeout=10).sample_values)
+        served = [(p.model_age, p.metric_value, p.value_min, p.value_max, p.timestamp)
+                  for p in history(stub) if p.metric_name == "loss"]
         folder = run_folder(tmp_path)
         done = export(env, folder.name, tmp_path / "export")  # by run id, the daemon still serving it
         assert done.returncode == 0, done.stderr
@@ -85,5 +88,12 @@ def test_an_exported_run_opens_in_pandas_and_duckdb_as_the_docs_show(env: dict[s
 
     edits = pd.read_parquet(tmp_path / "export" / "edits.parquet")
     assert list(edits["kind"]) == ["tags", "tags", "deny"]
-    assert set(pd.read_parquet(tmp_path / "export" / "curves.parquet")["name"]) >= {"loss"}
+    curves = pd.read_parquet(tmp_path / "export" / "curves")
+    loss = curves[curves["name"] == "loss"].sort_values("step")
+    assert [(int(s), v, lo, hi, int(t.value // 10**6)) for s, v, lo, hi, t in
+            zip(loss["step"], loss["value"], loss["min"], loss["max"], loss["time"], strict=True)] == served
+    at_rest = sorted((folder / parquet_curves.DIR).rglob("*.parquet"))
+    exported = sorted((tmp_path / "export" / parquet_curves.DIR).rglob("*.parquet"))
+    assert at_rest and {p.name for p in at_rest} < {p.name for p in exported}  # the daemon's files, and the hot one
+    assert all((tmp_path / "export" / p.relative_to(folder)).read_bytes() == p.read_bytes() for p in at_rest)
     assert os.path.getsize(tmp_path / "export" / "tags.parquet") > 0

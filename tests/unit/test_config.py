@@ -74,6 +74,10 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
     "WEIGHTSLAB_GRPC_WEB_HOST": "127.0.0.1",
     "WEIGHTSLAB_GRPC_WEB_PORT": 8080,
     "WEIGHTSLAB_GRPC_WEB_ALLOWED_ORIGINS": "http://localhost:*,http://127.0.0.1:*,http://[::1]:*",
+    "WEIGHTSLAB_FORWARD_TO": None,
+    "WEIGHTSLAB_FORWARD_LISTEN": None,
+    "WEIGHTSLAB_FORWARD_CERT_DIR": None,
+    "WEIGHTSLAB_FORWARD_BUFFER_MB": 64,
 }
 SECRETS = {"GRPC_AUTH_TOKEN", "GRPC_AUTH_TOKENS", "OPENROUTER_API_KEY"}
 
@@ -162,6 +166,10 @@ BAD_VALUES = [
     ("WEIGHTSLAB_GRPC_WEB_HOST", "local host", "host name or IP address"),
     ("WEIGHTSLAB_GRPC_WEB_PORT", "-2", "or -1 (off)"),
     ("WEIGHTSLAB_GRPC_WEB_ALLOWED_ORIGINS", "localhost:5173", "scheme://host[:port]"),
+    ("WEIGHTSLAB_FORWARD_TO", "nodeA", "host:port (port 1..65535)"),
+    ("WEIGHTSLAB_FORWARD_TO", "nodeA:0", "host:port (port 1..65535)"),
+    ("WEIGHTSLAB_FORWARD_LISTEN", "0.0.0.0:70000", "host:port (port 0..65535"),
+    ("WEIGHTSLAB_FORWARD_BUFFER_MB", "0", "an integer >= 1"),
 ]
 
 
@@ -179,7 +187,8 @@ def test_every_rule_has_a_rejection_test() -> None:
     checked = {variable for variable, _, _ in BAD_VALUES}
     free_text = {"GRPC_TLS_CERT_DIR", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CERT_FILE", "GRPC_TLS_CA_FILE",
                  "WEIGHTSLAB_ROOT_LOG_DIR", "AGENT_CONFIG_PATH", "WEIGHTSLAB_RUNTIME_DIR",
-                 "OPENROUTER_API_KEY", "GRPC_AUTH_TOKEN", "GRPC_AUTH_TOKENS", "GRPC_BACKEND_HOST"}
+                 "OPENROUTER_API_KEY", "GRPC_AUTH_TOKEN", "GRPC_AUTH_TOKENS", "GRPC_BACKEND_HOST",
+                 "WEIGHTSLAB_FORWARD_CERT_DIR"}
     assert checked | free_text == set(DOCUMENTED_DEFAULTS)
 
 

@@ -38,11 +38,10 @@ def curves(runs: list[Run], request: Any, cursor: dict[tuple[str, str], int]) ->
                 cursor[key] = pts.end
             if x_range is not None:
                 pts = _within(pts, x_range, max_points)
-            total = run.history.length(name)
-            if total:
-                ends = run.history.read(name, 0, 2)
+            if run.history.length(name):
+                first_step, last_step, total = run.history.span(name)  # from memory, the curve may be at rest
                 response.curves.add(metric_name=name, experiment_hash=run.run_id,
-                                    first_step=int(ends.steps[0]), last_step=int(ends.steps[-1]), point_count=total,
+                                    first_step=first_step, last_step=last_step, point_count=total,
                                     value_min=float(pts.vmin.min()) if len(pts.vmin) else 0.0,
                                     value_max=float(pts.vmax.max()) if len(pts.vmax) else 0.0)
             if request.index_only:

@@ -118,6 +118,9 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         run = self.registry.current()
         if run is None:
             return pb.CommandResponse(success=False, message="no training run has attached to weightslabd yet")
+        if run.manifest.get("home"):  # this node forwards the job's records (nodes/): its home takes edits
+            return pb.CommandResponse(success=False, message=f"this run's home is the weightslabd at "
+                                                             f"{run.manifest['home']}: send edits there")
         if request.HasField("hyper_parameter_change"):
             hp = request.hyper_parameter_change.hyper_parameters
             if hp.HasField("evaluation_config") or hp.HasField("evaluation_mode"):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -27,7 +27,7 @@ import zmq
 from weightslab_shim import wire
 from weightslab_shim.ring import RingError, RingReader, list_rings, shm_path, unlink
 from weightslab_shim.runtime import control_endpoint, is_ring_name, is_run_id, ring_prefix
-from weightslabd.ipc.ingest import RingDrain
+from weightslabd.ipc.ingest import RecordSink, RingDrain
 from weightslabd.ipc.jobs import Jobs, hello_for_job, job_and_rank, restart_of, ring_base
 from weightslabd.store import checkpoints
 from weightslabd.store.run import PendingCommand, Run
@@ -100,6 +100,7 @@ class Attachment:
     last_seen: float
     stalled: bool = False
     rank: int = 0  # in a torchrun job (jobs.py): commands go to rank 0, which hands them on
+    forwarded: bool = False  # its records go to the job's home on another node (nodes/forwarder.py)
 
     @property
     def label(self) -> str:
@@ -157,6 +158,24 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class Forwarding(Protocol):
+    """A forwarding node's link to the home of its jobs (nodes/forwarder.py)."""
+
+    home: str
+
+    def forwards(self, hello: wire.Message) -> bool:
+        """Whether this hello's job has its home on another node."""
+
+    def attached(self, ring: str, hello: wire.Message) -> RecordSink:
+        """Where the rank's ring records go (to the home, in order)."""
+
+    def control(self, ring: str, msg: wire.Message) -> None:
+        """A message of the rank the home should hear of (register, heartbeat)."""
+
+    def gone(self, ring: str, status: str) -> None:
+        """The rank left (its ring drained): ended, crashed or detached."""
+
+
 class ControlServer:
     def __init__(self, runtime_dir: Path, registry: RunRegistry, *, hp_sync: bool, heartbeat_timeout: float) -> None:
         self.runtime_dir = runtime_dir
@@ -176,6 +195,9 @@ class ControlServer:
         self.rejected_frames = 0
         self._journaler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-journal")
         self.heartbeat_hooks: list[Callable[[Attachment, wire.Message], None]] = []  # e.g. evaluation progress
+        self.forwarding: Forwarding | None = None  # set on a forwarding node (nodes/)
+        self.remote_runs: Callable[[], list[Run]] = list  # on a home: runs other nodes' ranks feed (nodes/home.py)
+        self.attach_lock = threading.RLock()  # a job's run is chosen once, by local and forwarded hellos alike
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -194,6 +216,8 @@ class ControlServer:
         for att in list(self.attachments.values()):
             # Leave rings in place: trainers keep writing and a restarted daemon drains them.
             att.drain.stop(final_drain=True, unlink=False)
+            if att.forwarded and self.forwarding is not None:
+                self.forwarding.gone(att.drain.reader.name, "detached")
             att.run.manifest["status"] = "detached"
             att.run.save_manifest()
         self.attachments.clear()
@@ -335,7 +359,8 @@ class ControlServer:
         if kind not in SHIM_MESSAGES:
             raise ValueError(f"unknown message type {kind!r}")
         if kind == wire.HELLO:
-            self._hello(sock, identity, msg)
+            with self.attach_lock:
+                self._hello(sock, identity, msg)
             return
         if att is None:
             self._send(sock, identity, {"type": wire.WHO})  # a trainer from before our restart: hello again
@@ -366,6 +391,8 @@ class ControlServer:
             self._detach(att, status="ended", unlink=True)
             self._send(sock, identity, {"type": wire.END_OK})
             log.info("trainer finished", sender=att.label, step=msg.get("step"))
+        if att.forwarded and self.forwarding is not None and kind in (wire.HEARTBEAT, wire.REGISTER):
+            self.forwarding.control(att.drain.reader.name, msg)
 
     def _hello(self, sock: Any, identity: bytes, msg: wire.Message) -> None:
         if msg.get("protocol") != wire.PROTOCOL_VERSION:
@@ -379,6 +406,7 @@ class ControlServer:
         job, rank = job_and_rank(msg)
         restart = restart_of(msg) if job else 0
         job_run = self.jobs.run_of(job) if job and resumed is None else None
+        forwarded = bool(job and self.forwarding is not None and self.forwarding.forwards(msg))
         if job_run is not None and self.registry.get(job_run) is not None:  # a later rank of a known job
             msg, run_id = hello_for_job(msg, job_run), job_run
         for other in [a for a in self.attachments.values() if a.run.run_id == run_id]:
@@ -389,7 +417,8 @@ class ControlServer:
                 if other.identity != identity:
                     self.attachments.pop(other.identity, None)
                 other.identity, other.last_seen = identity, time.monotonic()
-                self._welcome(identity, other.run, sees_files(msg), resumed is not None)
+                self._welcome(identity, other.run, sees_files(msg) and not other.forwarded, resumed is not None,
+                              restart > 0)
                 return
             self.attachments.pop(other.identity, None)
             other.drain.stop(final_drain=True, unlink=False)
@@ -407,21 +436,38 @@ class ControlServer:
             raise
         known = self.announced.rings.get(ring_name) or {}
         base = int(known.get("base", run.last_position + 1 if resumed and not known else 0))
-        if job:  # a ring seen before keeps its base; a new one (a restarted rank's) follows its lane
-            base = int(known["base"]) if known else ring_base(rank, restart, run.lane_next(rank))
+        if forwarded:  # records go to the home as the ring has them: the home puts them in the rank's lane
+            assert self.forwarding is not None and job is not None
+            base = 0
             self.jobs.note(job, run_id)
-            self._note_restart(run, rank, restart)
+            run.manifest["home"] = self.forwarding.home  # this node's Studio lists the run by where it lives
+            name = str(run.manifest.get("run_name") or run_id)
+            if self.forwarding.home not in name:
+                run.manifest["run_name"] = f"{name} (forwarded to {self.forwarding.home})"
+            run.save_manifest()
+        elif job:  # a ring seen before keeps its base; a new one starts at its worker group's slot in its lane
+            group_slot = self._note_group(run, job, rank, restart, int(msg.get("world_size", 1)))
+            base = int(known["base"]) if known else ring_base(rank, group_slot, run.lane_next(rank))
+            self.jobs.note(job, run_id)
         extra = {"run": run_id, "base": base} if resumed or job else {}
         self.announced.add(ring_name, ring_run_id, pid, **extra)
-        drain = RingDrain(reader, run, f"pid {pid} run {run_id}" + (f" rank {rank}" if job else ""), base)
-        att = Attachment(identity, run, pid, drain, time.monotonic(), rank=rank)
+        sender = f"pid {pid} run {run_id}" + (f" rank {rank}" if job else "")
+        if forwarded:
+            assert self.forwarding is not None
+            drain = RingDrain(reader, self.forwarding.attached(ring_name, msg), sender + " (forwarded)")
+        else:
+            drain = RingDrain(reader, run, sender, base)
+        att = Attachment(identity, run, pid, drain, time.monotonic(), rank=rank, forwarded=forwarded)
         self.attachments[identity] = att
-        self.registry.make_current(run_id)
+        if not forwarded:  # a forwarded job's Studio is the home's: this node keeps its current run
+            self.registry.make_current(run_id)
         drain.start()
         self._release_idle()  # the run that was current may now be of no use
         log.info("trainer attached", sender=att.label, ring=ring_name, folder=str(run.folder),
-                 splits=msg.get("splits"), backlog_bytes=reader.pending())
-        self._welcome(identity, run, sees_files(msg), resumed is not None)
+                 splits=msg.get("splits"), backlog_bytes=reader.pending(),
+                 **({"home": self.forwarding.home} if forwarded and self.forwarding is not None else {}))
+        # A forwarded rank sends its pixels: the home, on another node, may not see its files.
+        self._welcome(identity, run, sees_files(msg) and not forwarded, resumed is not None, restart > 0)
 
     def _check_names(self, msg: wire.Message) -> tuple[str, int, str]:
         """The names a hello brings, exactly as the shim builds them; anything else is refused before
@@ -444,10 +490,14 @@ class ControlServer:
             raise ValueError(f"script_dir {script_dir!r} is not an absolute path without '..'")
         return run_id, pid, ring_name
 
-    def _welcome(self, identity: bytes, run: Run, reads_files: bool, resume: bool = False) -> None:
+    def _welcome(self, identity: bytes, run: Run, reads_files: bool, resume: bool = False,
+                 restarted: bool = False) -> None:
         # Under the run lock, as edits are journaled and queued: the re-sent state and any new edit
         # reach the trainer in the order they were journaled. A resume's checkpoint loads before them.
-        extra = {"resume_from": checkpoints.resume_from(run)} if resume else {}
+        extra: dict[str, Any] = {"resume_from": checkpoints.resume_from(run)} if resume else {}
+        if restarted:  # a worker group torchrun restarted: the run's latest checkpoint, else the step reached
+            extra["restart_from"] = {"checkpoint": checkpoints.resume_from(run),
+                                     "step": int(run.group.get("from_step", run.step))}
         with run.lock:
             resend = [*unacked_denies(run), *run.commands_to_resend()]
             self._outbox.append((identity, {"type": wire.WELCOME, "run_id": run.run_id, "hp_sync": self.hp_sync,
@@ -457,18 +507,22 @@ class ControlServer:
                 cmd_id = f"e{seq}" if seq else f"s{next(self._ids)}"
                 self._outbox.append((identity, {"type": wire.COMMAND, "cmd_id": cmd_id, "op": op, "args": args}))
 
-    def _note_restart(self, run: Run, rank: int, restart: int) -> None:
-        """The first rank of a worker group torchrun restarted: the run's curves start merging afresh,
-        and the restart is journaled (off this thread) into the manifest's `restarts`."""
+    def _note_group(self, run: Run, job: str, rank: int, restart: int, world_size: int) -> int:
+        """The slot of the worker group a job's hello belongs to. The first rank of a new group (torchrun
+        restarted the workers, or a re-launch of another job continues the run) starts it: its curves
+        merge over its own world size, and the group is journaled (off this thread) into `restarts`."""
         with run.lock:
-            if restart <= run.job_restart:
-                return
-            run.job_restart = restart
-        run.new_worker_group()
-        log.warning("torchrun restarted the job's workers; they re-attach to the run", run=run.run_id,
-                    restart=restart, rank=rank, step=run.step)
-        self._journaler.submit(self._restart_recorded, run, {"kind": "restart", "restart": restart, "rank": rank,
-                                                             "step": run.step})
+            current = dict(run.group)
+        if job == current.get("job") and restart <= int(current.get("restart", 0)):
+            return int(current.get("slot", 0))
+        group = run.new_worker_group(job, restart, world_size)
+        found = checkpoints.resume_from(run)
+        resumed_from = f"{found['hash']}@{found['step']}" if found else None  # what its welcome names
+        log.warning("a new worker group of the job attaches to the run", run=run.run_id, restart=restart, rank=rank,
+                    world_size=world_size, step=run.step, resumed_from=resumed_from)
+        self._journaler.submit(self._restart_recorded, run, {"kind": "restart", **group, "rank": rank,
+                                                             "step": run.step, "resumed_from": resumed_from})
+        return int(group["slot"])
 
     def _restart_recorded(self, run: Run, entry: dict[str, Any]) -> None:
         try:
@@ -497,6 +551,9 @@ class ControlServer:
             run.record_applied(int(cmd_id[1:]), step, ok, str(msg.get("message", "")))
         elif cmd_id == "resume" and ok:  # a resumed trainer loaded the checkpoint the welcome named
             self._journaler.submit(self._checkpoint_loaded, run, str(msg.get("restored", "")))
+        elif cmd_id == "resume":
+            log.error("the trainer could not load the checkpoint it resumes from", run=run.run_id,
+                      error=str(msg.get("message", ""))[:300])
         with run.lock:
             pending = run.pending.pop(cmd_id, None)
         if pending is not None:
@@ -526,7 +583,10 @@ class ControlServer:
         self.attachments.pop(att.identity, None)
         if att.drain.stop(final_drain=True, unlink=unlink):
             self.announced.discard(att.drain.reader.name)
-        others = any(a.run is att.run for a in list(self.attachments.values()))  # a job's other ranks
+        if att.forwarded and self.forwarding is not None:  # after its last records
+            self.forwarding.gone(att.drain.reader.name, status)
+        others = (any(a.run is att.run for a in list(self.attachments.values()))  # a job's other ranks
+                  or any(r is att.run for r in self.remote_runs()))  # on other nodes
         with att.run.lock:
             if not others:
                 att.run.manifest["status"] = status
@@ -540,7 +600,7 @@ class ControlServer:
 
     def _release_idle(self) -> None:
         """Runs that are neither current nor attached leave memory (their snapshot written), off this thread."""
-        keep = {a.run.run_id for a in list(self.attachments.values())}
+        keep = {a.run.run_id for a in list(self.attachments.values())} | {r.run_id for r in self.remote_runs()}
         threading.Thread(target=self.registry.release_idle, args=(keep,), name="release-runs", daemon=True).start()
 
     # -- called from other threads ------------------------------------------------------------------

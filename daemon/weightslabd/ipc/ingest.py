@@ -7,6 +7,7 @@ any moment re-reads at most the record in hand (and `Run.apply_record` drops tha
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 import structlog
 
@@ -21,8 +22,16 @@ IDLE_MAX = 0.02
 BATCH = 256
 
 
+class RecordSink(Protocol):
+    """Where a ring's records go: a run, or a forwarding node's frames for the job's home (nodes/)."""
+
+    dropped: int
+
+    def apply_record(self, rtype: int, step: int, payload: memoryview, position: int) -> bool: ...
+
+
 class RingDrain:
-    def __init__(self, reader: RingReader, run: Run, sender: str, base: int = 0) -> None:
+    def __init__(self, reader: RingReader, run: Run | RecordSink, sender: str, base: int = 0) -> None:
         self.reader = reader
         self.run = run
         self.base = base  # added to ring positions: a resumed run's new ring continues after its old records

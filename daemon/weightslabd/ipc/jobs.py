@@ -4,8 +4,9 @@ The first rank to say hello makes the run (under its own run id); the others' he
 job and are attached to it. Each rank's ring positions are moved into a lane of their own (rank <<
 LANE_BITS), so the run keeps one order of records per rank (`Run` checks duplicates per lane). The map
 is kept in the private runtime directory, so a restarted daemon puts re-attaching ranks back in their run.
-A worker group torchrun restarted names the same job with a higher `restart`: its rings continue their
-lanes (`ring_base`), and the control server journals the restart.
+A worker group torchrun restarted names the same job with a higher `restart` (a re-launch that resumes
+the run, another job): its rings start at the group's slot in their lanes (`ring_base`), and the control
+server journals the new group.
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ from typing import Any
 import structlog
 
 from weightslab_shim import wire
-from weightslabd.store.ranks import LANE_BITS
+from weightslabd.store.ranks import GROUP_BITS, GROUP_SLOTS, LANE_BITS
 
 log = structlog.get_logger("weightslabd.ipc.jobs")
 MAX_RANKS = 1 << 14
 JOB_ID = re.compile(r"job-[0-9a-f]{16}")
 FILE = "jobs.json"
 KEEP = 200  # jobs remembered (the newest)
-RESTART_BITS = 40  # a restarted worker group's rings start in a lane at restart << RESTART_BITS
-RESTART_SLOTS = 1 << (LANE_BITS - RESTART_BITS)
 
 
 def job_and_rank(hello: wire.Message) -> tuple[str | None, int]:
@@ -57,11 +56,11 @@ def lane_base(rank: int) -> int:
     return rank << LANE_BITS
 
 
-def ring_base(rank: int, restart: int, lane_next: int) -> int:
-    """Where a new ring of `rank` starts in its lane: after what the lane holds, and for a restarted
-    worker group at least in a stretch of its own (RESTART_BITS), so records a dead rank's ring still
-    drains cannot collide with its successor's."""
-    return max(lane_base(rank) + (min(restart, RESTART_SLOTS - 1) << RESTART_BITS), lane_next)
+def ring_base(rank: int, slot: int, lane_next: int) -> int:
+    """Where a new ring of `rank` starts in its lane: after what the lane holds, and at least at its
+    worker group's slot (store/ranks.py), so records a dead rank's ring still drains cannot collide with
+    its successor's, and every record's position names its group."""
+    return max(lane_base(rank) + (min(slot, GROUP_SLOTS - 1) << GROUP_BITS), lane_next)
 
 
 class Jobs:

@@ -88,6 +88,10 @@ class RunBook:
     def latest(self) -> Checkpoint | None:
         return max(self.checkpoints, key=lambda c: (c.step, c.created), default=None)
 
+    def newest(self) -> Checkpoint | None:
+        """The last one written (after a restore to an earlier step, not the highest step)."""
+        return max(self.checkpoints, key=lambda c: (c.created, c.step), default=None)
+
     def find(self, key: str, step: int | None, run_id: str) -> Checkpoint | None:
         """The newest checkpoint named by `key` (this run's id, an experiment hash, or '' for any), at
         `step` when given."""
@@ -233,8 +237,9 @@ def resume_target(registry: RunRegistry, hello: dict[str, Any]) -> str | None:
 
 
 def resume_from(run: Run) -> dict[str, Any] | None:
+    """The checkpoint a resumed trainer, or a restarted worker group, loads: the run's newest."""
     with run.lock:
-        latest = run.book.latest()
+        latest = run.book.newest()
     return {"path": latest.path, "step": latest.step, "hash": latest.hash} if latest else None
 
 

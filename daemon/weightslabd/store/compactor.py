@@ -1,4 +1,6 @@
-"""The background thread that moves a run's full history chunks to Parquet, so its memory stays flat.
+"""The background thread that moves a run's full history chunks to Parquet, so its memory stays flat:
+the per-sample history's (sample_signals.py, parquet_history.py) and the step curves' (history.py,
+parquet_curves.py).
 
 A `SignalStore` tells it when a chunk fills (no append will touch that chunk again); the thread then
 makes signals.log durable (a file on disk never holds a value the log could still lose), writes each
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import structlog
 
+from weightslabd.store import parquet_curves
+from weightslabd.store.history import SignalHistory
 from weightslabd.store.parquet_history import DIR as HISTORY_DIR
 from weightslabd.store.parquet_history import pause_point, remove_temporaries
 from weightslabd.store.sample_signals import CHUNK_MAX, SampleSignals
@@ -44,10 +48,11 @@ def _return_free_memory() -> None:
 
 class HistoryCompactor:
     def __init__(self, folder: Path, name: str, signals: Callable[[], SampleSignals],
-                 before: Callable[[], object]) -> None:
+                 before: Callable[[], object], curves: Callable[[], SignalHistory | None] = lambda: None) -> None:
         self.folder = folder
         self._name = name
         self._signals = signals  # the run's current SampleSignals (a snapshot's adoption replaces it)
+        self._curves = curves  # the run's current SignalHistory (likewise), if its curves go to disk too
         self._before = before  # make signals.log durable
         self._wake = threading.Event()
         self._stopping = False
@@ -55,7 +60,7 @@ class HistoryCompactor:
         self._start_lock = threading.Lock()
         self._failing = False
         self.moved = 0  # chunks moved to disk by this process
-        removed = remove_temporaries(folder)
+        removed = remove_temporaries(folder) + parquet_curves.remove_temporaries(folder)
         if removed:
             log.info("half-written history files of a crash removed", run=name, files=removed)
 
@@ -72,16 +77,22 @@ class HistoryCompactor:
 
     def kick_if_due(self) -> None:
         """After an open: full chunks the snapshot brought back in memory go to disk too."""
-        if any(s.hot_full_chunks() for s in self._signals().stores()):
+        if self._due():
             self.kick()
+
+    def _due(self) -> bool:
+        curves = self._curves()
+        return any(s.hot_full_chunks() for s in self._signals().stores()) or bool(curves and curves.hot_full_chunks())
 
     def compact_now(self) -> int:
         """Move every full chunk to disk, on the caller's thread; how many (raises OSError on failure)."""
-        stores = self._signals().stores()
-        if not any(s.hot_full_chunks() for s in stores):
+        if not self._due():
             return 0
         self._before()
-        moved = sum(s.compact(self.folder, self._swapped) for s in stores)
+        moved = sum(s.compact(self.folder, self._swapped) for s in self._signals().stores())
+        curves = self._curves()
+        if curves is not None:
+            moved += curves.compact(self.folder, self._curve_swapped)
         self.moved += moved
         if moved:
             _return_free_memory()
@@ -89,6 +100,9 @@ class HistoryCompactor:
 
     def _swapped(self) -> None:
         pause_point("swapped", self.folder / HISTORY_DIR)
+
+    def _curve_swapped(self) -> None:
+        pause_point("curve-swapped", self.folder / parquet_curves.DIR)
 
     def _loop(self) -> None:
         while not self._stopping:

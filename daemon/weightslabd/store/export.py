@@ -5,7 +5,8 @@
     DIR/tags.parquet       split, sample_id, tag: one row per tag a sample carries
     DIR/history/**.parquet the per-sample history: split, signal, step, sample_id, value, instance
                            (the daemon's own files, linked; the chunk still in memory written alike)
-    DIR/curves.parquet     the step curves: name, step, value, min, max, time
+    DIR/curves/**.parquet  the step curves: name, step, value, min, max, time (the daemon's own files,
+                           linked; the points still in memory written alike)
     DIR/edits.parquet      the edit journal: seq, time, kind, split, and each entry whole as JSON
     DIR/manifest.json      the run's manifest
 
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from weightslabd.store import log_trim, parquet_history, snapshot
+from weightslabd.store import log_trim, parquet_curves, parquet_history, snapshot
 from weightslabd.store.framedlog import read_frames
 from weightslabd.store.run import Run, RunOptions
 
@@ -131,7 +132,7 @@ def _private_copy(folder: Path, work: Path, whole_log: bool) -> None:
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         shutil.rmtree(work / snapshot.DIR, ignore_errors=True)  # no usable snapshot: the whole log is copied
         loaded_end = frame_at = 0
-    for sub in (parquet_history.DIR, parquet_history.BY_SAMPLE_DIR):
+    for sub in (parquet_history.DIR, parquet_history.BY_SAMPLE_DIR, parquet_curves.DIR):
         history = folder / sub
         for part in sorted(history.rglob("*.parquet")) if history.is_dir() else []:
             dest = work / part.relative_to(folder)
@@ -150,7 +151,7 @@ def _private_copy(folder: Path, work: Path, whole_log: bool) -> None:
 
 
 def _write(run: Run, source: Path, target: Path) -> dict[str, int]:
-    counts = {"samples.parquet": 0, "tags.parquet": 0, "history": 0, "curves.parquet": 0, "edits.parquet": 0}
+    counts = {"samples.parquet": 0, "tags.parquet": 0, "history": 0, "curves": 0, "edits.parquet": 0}
     samples, tags = _sample_tables(run)
     parquet_history.write_durably(target / "samples.parquet", samples)
     parquet_history.write_durably(target / "tags.parquet", tags)
@@ -166,9 +167,7 @@ def _write(run: Run, source: Path, target: Path) -> dict[str, int]:
                 parquet_history.write_durably(folder / f"c{rows.index:06d}-hot.parquet",
                                               parquet_history.chunk_table(rows))
                 counts["history"] += len(rows.ids)
-    curves = _curves(run)
-    parquet_history.write_durably(target / "curves.parquet", curves)
-    counts["curves.parquet"] = curves.num_rows
+    counts["curves"] = _curves(run, target / parquet_curves.DIR)
     edits = _edits(source / "edits.journal")
     parquet_history.write_durably(target / "edits.parquet", edits)
     counts["edits.parquet"] = edits.num_rows
@@ -220,24 +219,22 @@ def _sample_tables(run: Run) -> tuple[pa.Table, pa.Table]:
     return pa.table(data), tags
 
 
-def _curves(run: Run) -> pa.Table:
-    names, steps, values, mins, maxs, stamps = [], [], [], [], [], []
+def _curves(run: Run, root: Path) -> int:
+    """Every curve's files (the daemon's, linked) and its points in memory as one more file; points written."""
+    points = 0
     for name in run.history.names():
-        p = run.history.read(name)
-        names.append(np.full(len(p.steps), name, dtype=object))
-        steps.append(p.steps)
-        values.append(p.values)
-        mins.append(p.vmin)
-        maxs.append(p.vmax)
-        stamps.append(p.stamps)
-
-    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-        return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
-
-    return pa.table({"name": pa.array(cat(names, object).tolist(), type=pa.string()),
-                     "step": cat(steps, np.int64), "value": cat(values, np.float64), "min": cat(mins, np.float64),
-                     "max": cat(maxs, np.float64),
-                     "time": pa.array(cat(stamps, np.int64), type=pa.int64()).cast(pa.timestamp("ms"))})
+        parts, hot = run.history.at_rest(name)
+        folder = root / parquet_curves.curve_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for part in parts:
+            _link_or_copy(part.path, folder / part.path.name)
+            points += part.count
+        if len(hot.steps):
+            first = sum(p.count for p in parts)
+            data = parquet_curves.table(name, (hot.steps, hot.values, hot.vmin, hot.vmax, hot.stamps))
+            parquet_history.write_durably(folder / f"p{first:010d}-hot.parquet", data)
+            points += len(hot.steps)
+    return points
 
 
 def _edits(journal: Path) -> pa.Table:

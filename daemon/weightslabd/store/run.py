@@ -7,6 +7,7 @@
                     edits.journal    the user's edits, fsynced before they are acknowledged
                     snapshot/        the records' state as of a position in signals.log (snapshot.py)
                     history/         full per-sample history chunks in Parquet (compactor.py; + history-by-sample/)
+                    curves/          full chunks of the step curves in Parquet (compactor.py, parquet_curves.py)
 
 Live records and replayed ones go through the same `apply_record`, so a restarted daemon rebuilds
 exactly the state it served before. A snapshot only shortens that: opening loads it, replays the
@@ -45,7 +46,7 @@ from weightslabd.store.predictions_h5 import PredictionsH5
 from weightslabd.store.preview_store import PreviewStore
 from weightslabd.store.previews import PreviewCache
 from weightslabd.store.private import make_private_dirs
-from weightslabd.store.ranks import LANE_BITS, RankMerge, lane
+from weightslabd.store.ranks import LANE_BITS, RankGroups, group_of, groups_of, lane, next_slot
 from weightslabd.store.sample_signals import SampleSignals, fold_per_sample
 from weightslabd.store.samples import RECORD_COLUMNS, SampleTable, SplitTable, TableImage
 
@@ -138,9 +139,9 @@ class Run:
         self.changed = threading.Condition(self.lock)  # type: ignore[arg-type]  # WatchedLock speaks its protocol
         self.last_position = -1
         self._lanes: dict[int, int] = {}  # per rank of a job, its last ring position applied (store/ranks.py)
-        world = int(manifest.get("world_size", 1)) if manifest.get("job") else 1
-        self._rank_merge = RankMerge(world) if world > 1 else None  # a job's curves: the mean over its ranks
-        self.job_restart = max((int(e.get("restart", 0)) for e in manifest.get("restarts") or ()), default=0)
+        # A job's curves: the mean over the ranks of each worker group (store/ranks.py); `group`: the current one.
+        merge, self.group = groups_of(manifest)
+        self._rank_merge: RankGroups | None = merge if manifest.get("job") else None
         self.pending: dict[str, PendingCommand] = {}
         self.unacked_edits: dict[int, dict[str, Any]] = {}
         self._signal_home: dict[str, str] = {}
@@ -166,9 +167,11 @@ class Run:
                                           chunk_size=o.batch_chunk_size, preload=o.preload_previews)
         self._exact = True
         # Full history chunks go to Parquet under history/ (compactor.py): the run's memory stays flat.
-        self.compactor = HistoryCompactor(folder, self.run_id, lambda: self.sample_signals, lambda: self.signals.sync())
+        self.compactor = HistoryCompactor(folder, self.run_id, lambda: self.sample_signals, lambda: self.signals.sync(),
+                                          lambda: self.history)  # the step curves' full chunks too
         self._chunk_full = self.compactor.kick if o.compact_history else None
         self.sample_signals = SampleSignals(chunk_values(), self._chunk_full)
+        self.history.on_full = self._chunk_full
         # Large flushes: h5py's cost is per call, not per row, and rows lost in a crash come back from
         # signals.log at the next start.
         self.predictions = PredictionsH5(folder / H5_FILE, flush_rows=H5_FLUSH_ROWS) if o.save_predictions_h5 else None
@@ -315,7 +318,7 @@ class Run:
                   for split, image in cut.tables.items()}  # a trimmed run's splits may have grown since
         for split, image in tables.items():
             self.samples.splits[split].check_records(image)
-        history = SignalHistory()
+        history = SignalHistory(self._chunk_full)
         history.adopt(cut.history_version, cut.curves)
         sample_signals = SampleSignals(chunk_values(), self._chunk_full)
         sample_signals.adopt(cut.stores)
@@ -545,7 +548,7 @@ class Run:
             if self._rank_merge is None:
                 self._append_point(name, step, values, None, stamp)
                 continue
-            for curve, at, merged, spread in self._rank_merge.add(name, step, values, lane(position)):
+            for curve, at, merged, spread in self._rank_merge.add(name, step, values, position):
                 self._append_point(curve, at, merged, spread, stamp)
         # Model age: training steps completed, as far as the records applied so far tell (it follows
         # ingest, like the curves). A training record's step is its index; an evaluation's the count.
@@ -646,10 +649,12 @@ class Run:
         elif kind in BOOK_KINDS:
             self.book.apply(entry)
         elif kind == "restart":  # torchrun restarted the job's workers (ipc/jobs.py)
-            kept = [e for e in self.manifest.get("restarts", ()) if e.get("restart") != entry["restart"]]
-            kept.append({k: entry[k] for k in ("restart", "rank", "step", "ts")})
+            same = (entry.get("job"), entry["restart"])
+            kept = [e for e in self.manifest.get("restarts", ()) if (e.get("job"), e.get("restart")) != same]
+            kept.append({k: entry[k] for k in ("job", "restart", "world_size", "slot", "rank", "step", "from_step",
+                                               "resumed_from", "ts") if k in entry})
             self.manifest["restarts"] = kept[-RESTARTS_KEPT:]
-            self.job_restart = max(self.job_restart, int(entry["restart"]))
+            self._start_group(group_of(entry, self.manifest))
         elif kind == "applied":
             done = self.unacked_edits.pop(int(entry["edit"]), None)
             if done is not None and done.get("kind") == "hparams":
@@ -664,15 +669,26 @@ class Run:
         with self.lock:
             return self._lanes.get(rank, (rank << LANE_BITS) - 1) + 1
 
-    def new_worker_group(self) -> None:
-        """torchrun restarted the job's workers: their steps count from the start again, so the curve
-        points held for the old ones go out as they are and merging starts afresh."""
+    def new_worker_group(self, job: str | None, restart: int, world_size: int) -> dict[str, Any]:
+        """A new worker group of the job (torchrun restarted its workers, or a re-launch continues the run,
+        maybe with another world size): its rings start at a slot of their own in every lane, and its
+        curves merge over its own world size (store/ranks.py). The journal's restart entry records it."""
         with self.lock:
-            if self._rank_merge is None:
-                return
-            for curve, at, merged, spread in self._rank_merge.flush():
-                self._append_point(curve, at, merged, spread, int(time.time() * 1000))
-            self._rank_merge = RankMerge(self._rank_merge.world_size)
+            # from_step: where the group counts on from without a checkpoint, past every step a record named
+            top = self._rank_merge.top if self._rank_merge is not None else -1
+            group = {"job": job, "restart": restart, "world_size": world_size,
+                     "slot": next_slot(int(self.group.get("slot", 0)), self._lanes),
+                     "from_step": max(self.step, top + 1)}
+            self._start_group(group)
+            return dict(group)
+
+    def _start_group(self, group: dict[str, Any]) -> None:
+        if self._rank_merge is None:
+            self._rank_merge = RankGroups(1)  # a run that was not a job's until now
+        self._rank_merge.start(int(group["slot"]), int(group["world_size"]))
+        if int(group["slot"]) > int(self.group.get("slot", 0)):
+            self.group = dict(group)
+            self.manifest["group"] = dict(group)
 
     def record_applied(self, seq: int, step: int, ok: bool, message: str = "") -> None:
         """The trainer applied (or refused) journaled edit `seq` at `step`."""

@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from weightslabd.store.history import decimate_indexes
@@ -547,8 +549,9 @@ class SignalStore:
                 if ok.all():
                     ok = None
             blocks.append((chunk, r0, r1, ok))
+        member = None if lookup is None else pa.array(lookup.view(np.uint8))  # for _member (no copy)
         for (_, r0, r1, ok), columns in zip(blocks, _prefetched(snap, blocks), strict=True):
-            _aggregate_chunk(columns, snap, r0, r1, lookup, how, ok, part)
+            _aggregate_chunk(columns, snap, r0, r1, member, how, ok, part)
         return _by_step(snap, part, max_points)
 
     def trajectory(self, sample_ids: Sequence[int] | np.ndarray, max_points: int,
@@ -693,15 +696,22 @@ def _block_columns(chunk: _Chunk | _ColdChunk, snap: _Snapshot, r0: int, r1: int
     return chunk.columns(lo, lo + int(snap.starts[r1] - snap.starts[r0]))
 
 
-def _aggregate_chunk(columns: list[np.ndarray], snap: _Snapshot, r0: int, r1: int, lookup: np.ndarray | None,
+def _member(lookup: pa.Array, ids: np.ndarray) -> np.ndarray:
+    """lookup[ids] as booleans, `lookup` a uint8 Arrow array over every id: Arrow's take reads int32 ids as
+    they are, where numpy's indexing first widens them (break-by-slices: ~2x faster, the same mask)."""
+    return np.asarray(pc.take(lookup, pa.array(ids)).to_numpy(zero_copy_only=False)).view(bool)
+
+
+def _aggregate_chunk(columns: list[np.ndarray], snap: _Snapshot, r0: int, r1: int, lookup: pa.Array | None,
                      how: str, rec_ok: np.ndarray | None, part: _Partial) -> None:
-    """Fill `part[r0:r1]` from records r0..r1 (`columns`: their ids and values); `rec_ok`: which of them count."""
+    """Fill `part[r0:r1]` from records r0..r1 (`columns`: their ids and values); `rec_ok`: which of them count;
+    `lookup`: which sample ids count (None: all), see _member."""
     base = int(snap.starts[r0])
     bounds = snap.starts[r0:r1 + 1] - base  # record boundaries within the block
     ids, vals = columns
     keep: np.ndarray | None = None  # which values count (None: all, if finite)
     if lookup is not None:
-        keep = lookup[ids]
+        keep = _member(lookup, ids)
     if rec_ok is not None:
         by_value = np.repeat(rec_ok, np.diff(bounds))
         keep = by_value if keep is None else keep & by_value

@@ -3,7 +3,9 @@
     <run>/snapshot/CURRENT                 the current snapshot's name (replaced atomically: the switch)
     <run>/snapshot/<name>/meta             crc32 line, then JSON: format, version, the log offsets it covers,
                                            the scalar state, each array's place, dtype, shape and crc32
-                          state.bin        table columns, preview offsets, curves, store indexes, back to back
+                          state.bin        table columns, preview offsets, curves (their points in memory),
+                                           store indexes, back to back (a curve's points at rest: its
+                                           Parquet files under <run>/curves/, parquet_curves.py, are named)
                           sNNNN-cNNNNNN.bin  chunk NNNNNN of store NNNN: its used ids, values [, instance indexes]
                                            (a chunk at rest is named instead: its Parquet file under
                                            <run>/history/, parquet_history.py, which never changes)
@@ -38,14 +40,16 @@ import numpy as np
 import structlog
 
 from weightslabd.store.history import CurveImage
+from weightslabd.store.parquet_curves import DIR as CURVES_DIR
+from weightslabd.store.parquet_curves import CurvePart
 from weightslabd.store.parquet_history import DIR as HISTORY_DIR
 from weightslabd.store.parquet_history import ColdPart
 from weightslabd.store.sample_signals import ChunkImage, StoreImage
 from weightslabd.store.samples import RECORD_COLUMNS, TableImage
 
 FORMAT = "weightslabd-snapshot"
-VERSION = 2  # 2: chunks may be at rest in Parquet files; a version 1 snapshot is read as before
-_READABLE = (1, 2)
+VERSION = 3  # 2: chunks may be at rest in Parquet files; 3: curves' too. Older versions are read as before
+_READABLE = (1, 2, 3)
 DIR = "snapshot"
 CURRENT = "CURRENT"
 META = "meta"
@@ -153,7 +157,10 @@ def _write_into(folder: Path, cut: Cut, previous: Written | None,
         "logs": {"signals": [cut.signals.end, cut.signals.last_frame],
                  "previews": [cut.previews.end, cut.previews.last_frame]},
         "state": cut.state, "tables": [], "previews": list(cut.preview_offsets),
-        "history": {"version": cut.history_version, "curves": [[c.name, c.last_append] for c in cut.curves]},
+        "history": {"version": cut.history_version,
+                    "curves": [[c.name, c.last_append, [{"parquet": p.path.relative_to(root.parent).as_posix(),
+                                                         "first": p.first, "count": p.count} for p in c.parts]]
+                               for c in cut.curves]},
         "stores": [],
     }
     try:
@@ -348,9 +355,10 @@ def load(root: Path) -> Loaded | None:
                                              {col: arrays.get(f"t{i}.{col}") for col in RECORD_COLUMNS},
                                              str(t["task_type"]))
     previews = {str(split): arrays.get(f"p{i}") for i, split in enumerate(meta["previews"])}
-    curves = [CurveImage(str(c_name), arrays.get(f"h{i}.steps"), arrays.get(f"h{i}.values"),
-                         arrays.get(f"h{i}.vmin"), arrays.get(f"h{i}.vmax"), arrays.get(f"h{i}.stamps"), int(last))
-              for i, (c_name, last) in enumerate(meta["history"]["curves"])]
+    curves = [CurveImage(str(c[0]), arrays.get(f"h{i}.steps"), arrays.get(f"h{i}.values"),
+                         arrays.get(f"h{i}.vmin"), arrays.get(f"h{i}.vmax"), arrays.get(f"h{i}.stamps"), int(c[1]),
+                         tuple(_curve_part(root.parent, e) for e in (c[2] if len(c) > 2 else ())))
+              for i, c in enumerate(meta["history"]["curves"])]
     stores = []
     for i, s in enumerate(meta["stores"]):
         chunks = [_cold_chunk(root.parent, c) if "parquet" in c else _read_chunk(folder / str(c["file"]), c)
@@ -448,6 +456,17 @@ def _cold_chunk(run_folder: Path, entry: dict[str, Any]) -> ChunkImage:
         raise SnapshotError(f"{rel.name} does not hold the chunk the snapshot names")
     empty_i, empty_f = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
     return ChunkImage(used, first, offset, used, empty_i, empty_f, None, part)
+
+
+def _curve_part(run_folder: Path, entry: dict[str, Any]) -> CurvePart:
+    """A curve's chunk at rest: its file's footer only, checked to be that chunk."""
+    rel = Path(str(entry["parquet"]))
+    if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != (CURVES_DIR,):
+        raise SnapshotError(f"curve file {str(rel)!r} is not under {CURVES_DIR}/")
+    part = CurvePart(run_folder / rel)
+    if (part.first, part.count) != (int(entry["first"]), int(entry["count"])):
+        raise SnapshotError(f"{rel.name} does not hold the curve chunk the snapshot names")
+    return part
 
 
 def _read_exact(f: Any, view: memoryview) -> None:

@@ -55,27 +55,6 @@ def test_a_restore_mid_epoch_replays_the_same_batches_and_random_numbers(tmp_pat
     assert len(list(path.parent.iterdir())) == 2  # checkpoint_keep_last
 
 
-@pytest.mark.parametrize("mid_epoch", [True, False])
-def test_a_jobs_sharded_sampler_restores_its_epoch(tmp_path: Path, mid_epoch: bool) -> None:
-    job = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}
-    session = Session(env=job)
-    loader = WatchedLoader([(np.zeros(2, dtype=np.float32), 0) for _ in range(24)], session, "train",
-                           batch_size=3, shuffle=True, is_training=True, seed=5)  # 4 batches an epoch
-    session.register_hparams({"learning_rate": 0.1})
-    ckpt = session.checkpoints
-    ckpt.folder = tmp_path
-    if mid_epoch:
-        draws(loader, 9)  # into the third epoch
-    else:
-        loader.sampler.set_epoch(6)  # set as with DistributedSampler, before any batch of it
-    saved = ckpt.save("test")
-    assert ckpt.wait(10)
-    after = draws(loader, 10)  # on into later epochs, whose orders the epoch seeds
-    loader.sampler.set_epoch(0)
-    ckpt.restore(saved["path"])
-    assert draws(loader, 10) == after
-
-
 def test_only_its_own_checkpoint_files_are_loaded(tmp_path: Path) -> None:
     session = Session(env={})
     session.checkpoints.folder = tmp_path

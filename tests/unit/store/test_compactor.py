@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from weightslabd.store import compactor, parquet_history, snapshot
+from weightslabd.store import compactor, parquet_curves, parquet_history, snapshot
 
 from .test_snapshot import NO_H5, Feed, assert_same, first_half, folder, full_replay, new_run, opened, second_half
 
@@ -19,11 +19,12 @@ __all__ = ["folder"]  # the fixture, shared
 @pytest.fixture(autouse=True)
 def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv(compactor.CHUNK_ENV, "4")  # a chunk every few records
+    monkeypatch.setenv(parquet_curves.CHUNK_ENV, "2")  # and every two points of a curve
     yield
 
 
-def parquet_files(folder: Path) -> list[Path]:
-    return sorted((folder / parquet_history.DIR).rglob("*.parquet"))
+def parquet_files(folder: Path, sub: str = parquet_history.DIR) -> list[Path]:
+    return sorted((folder / sub).rglob("*.parquet"))
 
 
 def test_compacted_chunks_are_named_by_the_snapshot_and_reopen_as_the_full_replay(folder: Path) -> None:
@@ -39,10 +40,13 @@ def test_compacted_chunks_are_named_by_the_snapshot_and_reopen_as_the_full_repla
                        / snapshot.META).read_bytes().partition(b"\n")[2])
     named = [c["parquet"] for s in meta["stores"] for c in s["chunks"] if "parquet" in c]
     assert named and {folder / n for n in named} <= set(parquet_files(folder))
-    files = {p: p.stat().st_mtime_ns for p in parquet_files(folder)}
+    curves = [e["parquet"] for _, _, parts in meta["history"]["curves"] for e in parts]
+    assert curves and {folder / n for n in curves} == set(parquet_files(folder, parquet_curves.DIR))
+    assert all(entry[2] <= 2 for key, entry in meta["arrays"].items() if key.startswith("h"))  # only hot points
+    files = {p: p.stat().st_mtime_ns for p in parquet_files(folder) + parquet_files(folder, parquet_curves.DIR)}
 
     want = full_replay(folder)  # rebuilds every chunk in memory; compacting again finds the same files
-    assert {p: p.stat().st_mtime_ns for p in parquet_files(folder)} == files
+    assert {p: p.stat().st_mtime_ns for p in parquet_files(folder) + parquet_files(folder, parquet_curves.DIR)} == files
     got, reopened = opened(folder)
     assert reopened.opened_from_snapshot and reopened.replayed_records == 0
     assert_same(got, want)
@@ -64,6 +68,21 @@ def test_a_missing_history_file_makes_the_snapshot_unusable_not_the_run(folder: 
     assert parquet_files(folder) == named
 
 
+def test_a_missing_curve_file_makes_the_snapshot_unusable_not_the_run(folder: Path) -> None:
+    run = new_run(folder)
+    feed = Feed(run)
+    first_half(feed)
+    second_half(feed)
+    run.close()
+    want = full_replay(folder)
+    named = parquet_files(folder, parquet_curves.DIR)
+    named[1].unlink()
+    got, reopened = opened(folder)
+    assert not reopened.opened_from_snapshot  # a full replay instead, which writes the file again
+    assert_same(got, want)
+    assert parquet_files(folder, parquet_curves.DIR) == named
+
+
 def test_without_compaction_nothing_goes_to_disk(folder: Path) -> None:
     from weightslabd.store.run import RunOptions
 
@@ -71,5 +90,5 @@ def test_without_compaction_nothing_goes_to_disk(folder: Path) -> None:
     feed = Feed(run)
     first_half(feed)
     run.close()
-    assert parquet_files(folder) == []
+    assert parquet_files(folder) == [] and parquet_files(folder, parquet_curves.DIR) == []
     assert NO_H5.compact_history

@@ -10,8 +10,8 @@ import pytest
 from weightslab_shim import records
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslabd.ipc.jobs import RESTART_BITS, job_and_rank, restart_of, ring_base
-from weightslabd.store.ranks import HELD_STEPS, RankMerge, lane
+from weightslabd.ipc.jobs import job_and_rank, restart_of, ring_base
+from weightslabd.store.ranks import GROUP_BITS, HELD_STEPS, RankMerge, lane, slot
 from weightslabd.store.run import Run
 
 
@@ -76,10 +76,12 @@ def test_a_point_s_range_is_the_spread_of_the_ranks_means_and_a_restart_flushes_
                                       "world_size": 2})
     assert run.apply_record(RecordType.STEP, 7, _step([0, 1], [1.0, 3.0]), 0)
     assert "loss" not in run.history.curves
-    run.new_worker_group()  # the restarted workers count from step 0: step 7 goes out with rank 0's alone
-    assert _curve(run) == {7: (2.0, 2.0, 2.0)}
+    group = run.new_worker_group("job-" + "0" * 16, 1, 2)  # torchrun restarted the workers
+    assert group["slot"] == 1 and "loss" not in run.history.curves
     assert run.lane_next(0) == 1 and run.lane_next(1) == 1 << 48
     assert run.apply_record(RecordType.STEP, 0, _step([0, 1], [1.0, 1.0]), ring_base(0, 1, run.lane_next(0)))
+    # the new group's first record: step 7, held for the old group, goes out with rank 0's values alone
+    assert _curve(run) == {7: (2.0, 2.0, 2.0)}
     assert run.apply_record(RecordType.STEP, 0, _step([2, 3], [3.0, 3.0]), ring_base(1, 1, run.lane_next(1)))
     assert _curve(run)[0] == (2.0, 1.0, 3.0)  # merged afresh over both ranks
     run.close()
@@ -87,10 +89,49 @@ def test_a_point_s_range_is_the_spread_of_the_ranks_means_and_a_restart_flushes_
 
 def test_a_restarted_rank_s_ring_starts_past_its_lane_and_in_a_stretch_of_its_own() -> None:
     assert ring_base(1, 0, 1 << 48) == 1 << 48
-    assert ring_base(1, 2, (1 << 48) + 5) == (1 << 48) + (2 << RESTART_BITS)
-    assert ring_base(0, 1, (3 << RESTART_BITS) + 1) == (3 << RESTART_BITS) + 1  # the lane is further on
+    assert ring_base(1, 2, (1 << 48) + 5) == (1 << 48) + (2 << GROUP_BITS)
+    assert ring_base(0, 1, (3 << GROUP_BITS) + 1) == (3 << GROUP_BITS) + 1  # the lane is further on
+    assert slot(ring_base(1, 2, (1 << 48) + 5)) == 2
     assert ring_base(0, 10**6, 0) < 1 << 48  # never out of its lane
     assert restart_of({}) == 0 and restart_of({"restart": 3}) == 3
     for bad in (-1, True, "1", 1 << 20):
         with pytest.raises(ValueError, match="is not a restart count"):
             restart_of({"restart": bad})
+
+
+def test_after_a_restore_the_ranks_repeated_steps_merge_with_each_other_not_alone() -> None:
+    merge = RankMerge(2)
+    for s in range(6):
+        for r in range(2):
+            merge.add("loss", s, np.array([float(r)]), r)
+    out = merge.add("loss", 3, np.array([10.0]), 0)  # rank 0 restored to step 3; rank 1 is not there yet
+    out += merge.add("loss", 4, np.array([10.0]), 0)
+    assert [s for _, s, _, _ in out] == []  # held for rank 1's step 3, not sent with rank 0's alone
+    out = merge.add("loss", 3, np.array([20.0]), 1)
+    assert [(s, v.tolist()) for _, s, v, _ in out] == [(3, [10.0, 20.0])]
+
+
+def test_a_new_world_size_merges_the_new_group_over_its_own_ranks_live_and_in_a_replay(tmp_path: Path) -> None:
+    from weightslabd.store.run import RunOptions
+
+    job = "job-" + "0" * 16
+    run = Run.create(tmp_path / "r", {"run_id": "r", "splits": {"train": 8}, "job": job, "world_size": 2},
+                     RunOptions(snapshots=False))
+    for s in range(3):
+        for r in range(2):
+            assert run.apply_record(RecordType.STEP, s, _step([r], [float(r)]), ring_base(r, 0, run.lane_next(r)) + s)
+    group = run.new_worker_group("job-" + "1" * 16, 0, 1)  # re-launched on one rank, resumed from step 1
+    run.journal_edit({"kind": "restart", **group, "rank": 0, "step": 3, "resumed_from": None})
+    base = ring_base(0, group["slot"], run.lane_next(0))
+    for s in (1, 2, 3):
+        assert run.apply_record(RecordType.STEP, s, _step([5], [7.0]), base + s)
+    c = run.history.curves["loss"]
+    again = [(int(s), float(v)) for s, v in zip(c.steps, c.values, strict=True)]
+    # each step of the first group the mean over its two ranks; the new group's over its one, at once
+    assert again == [(0, 0.5), (1, 0.5), (2, 0.5), (1, 7.0), (2, 7.0), (3, 7.0)]
+    assert run.manifest["group"]["world_size"] == 1 and run.manifest["restarts"][-1]["world_size"] == 1
+    run.close()
+    reopened = Run.open(tmp_path / "r", RunOptions(snapshots=False))  # the journal, then every record again
+    c = reopened.history.curves["loss"]
+    assert [(int(s), float(v)) for s, v in zip(c.steps, c.values, strict=True)] == again
+    reopened.close()

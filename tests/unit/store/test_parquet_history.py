@@ -3,16 +3,19 @@ rebuilt from its image too (what a snapshot holds), and its files are written at
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weightslabd.store import parquet_history
+from weightslabd.store import parquet_history, sample_signals
 from weightslabd.store.sample_signals import SignalStore
 
 from .test_sample_signals import Record, fill, fold_st, record_st
@@ -117,3 +120,48 @@ def test_temporaries_of_a_crash_are_removed(tmp_path: Path) -> None:
     (folder / "c000000-00000000.parquet").write_bytes(b"kept")
     assert parquet_history.remove_temporaries(tmp_path) == 1
     assert [p.name for p in folder.iterdir()] == ["c000000-00000000.parquet"]
+
+
+def _numpy_member(lookup: pa.Array, ids: np.ndarray) -> np.ndarray:
+    """The gather break-by-slices did before `_member` (numpy indexing): what it must still equal."""
+    return np.asarray(lookup.to_numpy(zero_copy_only=False)).view(bool)[ids]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(records=st.lists(record_st(), min_size=1, max_size=25), how=fold_st, mask_seed=st.integers(1, 3),
+       step_range=st.one_of(st.none(), st.tuples(st.integers(0, 6), st.integers(6, 12))))
+def test_break_by_slices_is_bit_for_bit_the_former_implementation(small_row_groups: object, records: list[Record],
+                                                                  how: str, mask_seed: int,
+                                                                  step_range: tuple[int, int] | None) -> None:
+    mask = np.random.default_rng(mask_seed).random(34) < 0.5
+    store = SignalStore("train", "loss", 40)
+    fill(store, records)
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(2):  # in memory, then at rest
+            got = store.slice_curve(mask, 0, how, step_range)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(sample_signals, "_member", _numpy_member)
+                want = store.slice_curve(mask, 0, how, step_range)
+            assert [a.tobytes() for a in (got.steps, got.means, got.mins, got.maxs, got.counts)] == \
+                   [a.tobytes() for a in (want.steps, want.means, want.mins, want.maxs, want.counts)]
+            store.compact(Path(tmp))
+
+
+def test_files_of_older_daemons_with_nullable_columns_read_alike(tmp_path: Path) -> None:
+    store = SignalStore("train", "loss", 8)
+    for step in range(3):
+        store.append(step, np.arange(8)[::-1], np.arange(8, dtype=np.float32) + step)
+    store.compact(tmp_path)
+    want = reads(store, "mean", None, None)
+    for path in (tmp_path / parquet_history.DIR).rglob("*.parquet"):  # rewritten as before: nullable columns
+        table = pq.read_table(path)
+        older = pa.schema([pa.field(f.name, f.type, nullable=True) for f in table.schema],
+                          metadata=table.schema.metadata)
+        pq.write_table(table.cast(older), path, compression="lz4")
+        assert pq.read_schema(path).field("value").nullable
+    image = store.image()
+    chunks = tuple(c if c.part is None else dataclasses.replace(c, part=parquet_history.ColdPart(c.part.path))
+                   for c in image.chunks)  # opened again, as a snapshot's load does
+    again = SignalStore.from_image(dataclasses.replace(image, chunks=chunks), 8)
+    assert reads(again, "mean", None, None) == want

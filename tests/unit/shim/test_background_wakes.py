@@ -1,0 +1,223 @@
+"""The shim's background threads wake rarely: each wake takes the GIL from the training thread.
+
+The publisher is woken once WAKE_RECORDS records wait (or a record has waited WAKE_AFTER), at the next
+loss the trainer records (right before backward), or at once at twice that or when inputs held for
+previews add up; it writes a lone record within IDLE_WAIT without being woken; the
+control thread sleeps until a frame, a due hello or heartbeat, or a message to send. Real rings, real
+ZeroMQ sockets."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from weightslab_shim import channel as channel_module
+from weightslab_shim import wire
+from weightslab_shim.channel import ControlChannel
+from weightslab_shim.publisher import IDLE_WAIT, WAKE_AFTER, WAKE_HELD, WAKE_RECORDS, Publisher
+from weightslab_shim.ring import RecordType, RingReader, RingWriter, unlink
+from weightslab_shim.session import Session
+from weightslab_shim.tensors import Deferred, Staged
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+class CountingEvent(threading.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
+@pytest.fixture
+def ring() -> Iterator[tuple[RingWriter, RingReader]]:
+    writer = RingWriter(f"wl-test-wakes-{os.getpid()}-", 1 << 20, "wakes")
+    reader = RingReader(writer.name)
+    yield writer, reader
+    reader.close()
+    writer.close(unlink_segment=False)
+    unlink(writer.name)
+
+
+@pytest.fixture
+def publisher(ring: tuple[RingWriter, RingReader]) -> Iterator[tuple[Publisher, CountingEvent]]:
+    pub = Publisher(ring[0], lambda rtype, fields: None)
+    wakes = CountingEvent()
+    pub._wake = wakes
+    pub.start()
+    yield pub, wakes
+    pub.close(2.0)
+
+
+def step_fields(i: int) -> list[tuple[str, Any]]:
+    return [("ids\x1ftrain\x1floss\x1f0", Staged(np.arange(4, dtype=np.int64) + i)),
+            ("sig\x1ftrain\x1floss\x1f0", Staged(np.ones(4, dtype=np.float32)))]
+
+
+def test_a_fast_loop_wakes_the_publisher_once_per_batch_of_records(
+        publisher: tuple[Publisher, CountingEvent], ring: tuple[RingWriter, RingReader]) -> None:
+    pub, wakes = publisher
+    records = 8 * WAKE_RECORDS
+    started = time.monotonic()
+    for i in range(records):
+        pub.submit(RecordType.STEP, i, step_fields(i))
+    elapsed = time.monotonic() - started
+    # No loss recorded: one wake per 2 x WAKE_RECORDS records, plus at most one per 2 x WAKE_AFTER the
+    # loop took (a loaded machine)
+    assert wakes.sets <= records // (2 * WAKE_RECORDS) + int(elapsed / (2 * WAKE_AFTER)) + 1
+    assert pub.flush(5.0)
+    assert ring[1].written == records
+
+
+def test_a_due_wake_waits_for_the_next_loss(publisher: tuple[Publisher, CountingEvent],
+                                            ring: tuple[RingWriter, RingReader]) -> None:
+    pub, wakes = publisher
+    for i in range(WAKE_RECORDS):
+        pub.submit(RecordType.STEP, i, step_fields(i))
+    if wakes.sets == 0:  # (a loaded machine may have taken 2 x WAKE_AFTER over these: then it woke already)
+        assert pub.due
+        pub.nudge()  # what the session does as the trainer records a loss, before backward
+        assert wakes.sets == 1 and not pub.due
+    pub.nudge()
+    assert wakes.sets == 1  # nothing due: no wake
+    wait_for(lambda: ring[1].written == WAKE_RECORDS, 5.0, "the records in the ring")
+
+
+def test_a_lone_record_is_written_without_a_wake(publisher: tuple[Publisher, CountingEvent],
+                                                 ring: tuple[RingWriter, RingReader]) -> None:
+    pub, wakes = publisher
+    pub.submit(RecordType.STEP, 0, step_fields(0))
+    wait_for(lambda: ring[1].written == 1, IDLE_WAIT * 8, "the record to reach the ring")
+    assert wakes.sets == 0
+
+
+def test_inputs_held_for_previews_wake_the_publisher_at_once(publisher: tuple[Publisher, CountingEvent],
+                                                            ring: tuple[RingWriter, RingReader]) -> None:
+    pub, wakes = publisher
+    small = Deferred(lambda: np.zeros((1, 4, 4), dtype=np.uint8), 16, held=WAKE_HELD // 2)
+    pub.submit(RecordType.PREVIEW, 0, [("x\x1ftrain\x1f0", small)])
+    assert wakes.sets == 0  # half the bound: it waits for more
+    big = Deferred(lambda: np.zeros((1, 4, 4), dtype=np.uint8), 16, held=WAKE_HELD // 2)
+    pub.submit(RecordType.PREVIEW, 1, [("x\x1ftrain\x1f0", big)])
+    assert wakes.sets == 1  # the batches the previews keep alive add up to the bound: reduce them now
+    wait_for(lambda: ring[1].written == 2, 5.0, "both previews in the ring")
+
+
+def test_flush_waits_for_every_record_submitted(publisher: tuple[Publisher, CountingEvent],
+                                                ring: tuple[RingWriter, RingReader]) -> None:
+    pub, _ = publisher
+    for i in range(3):
+        pub.submit(RecordType.STEP, i, step_fields(i))
+    assert pub.flush(5.0)
+    assert ring[1].written == 3
+
+
+# -- the control thread --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def daemon_socket(tmp_path: Path) -> Iterator[tuple[zmq.Socket[bytes], str, Path]]:
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    endpoint = f"ipc://{runtime}/control.sock"
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    yield router, endpoint, runtime
+    router.close(0)
+    ctx.term()
+
+
+def drained(router: zmq.Socket[bytes], quiet: float) -> bool:
+    """Read what arrives within `quiet` seconds; True if anything did."""
+    got = False
+    while router.poll(int(quiet * 1000)):
+        router.recv_multipart()
+        got = True
+    return got
+
+
+def recv(router: zmq.Socket[bytes], timeout: float) -> tuple[bytes, wire.Message]:
+    """The next message other than a heartbeat."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert router.poll(max(1, int((deadline - time.monotonic()) * 1000))), "no message from the shim in time"
+        ident, frame = router.recv_multipart()
+        msg = wire.decode(frame)
+        if msg["type"] != wire.HEARTBEAT:
+            return ident, msg
+
+
+def test_the_control_thread_sleeps_between_heartbeats_and_wakes_for_a_message(
+        daemon_socket: tuple[zmq.Socket[bytes], str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    router, endpoint, runtime = daemon_socket
+    monkeypatch.setattr(channel_module, "SILENT_AFTER", 60.0)  # this "daemon" answers no heartbeat
+    iterations = 0
+    channel = ControlChannel(endpoint, lambda: {"type": wire.HELLO}, lambda: {"type": wire.HEARTBEAT},
+                             lambda msg: None, runtime_dir=runtime)
+    real_iterate = channel._iterate
+
+    def counted(*args: Any) -> None:
+        nonlocal iterations
+        iterations += 1
+        real_iterate(*args)
+
+    channel._iterate = counted  # type: ignore[method-assign]
+    channel.start()
+    try:
+        ident, hello = recv(router, 5.0)
+        assert hello["type"] == wire.HELLO
+        router.send_multipart([ident, wire.encode({"type": wire.WELCOME})])
+        wait_for(channel.attached.is_set, 5.0, "the welcome")
+        before, started = iterations, time.monotonic()
+        wait_for(lambda: time.monotonic() - started > 0.6, 2.0, "a 0.6 s window")
+        window = time.monotonic() - started
+        # Heartbeats every HEARTBEAT_EVERY and their replies: a few wakes, not one every few ms.
+        assert iterations - before <= 2 * window / channel_module.HEARTBEAT_EVERY + 3
+        # With heartbeats and the poll's cap far away, a message still goes out at once (the pipe's poke).
+        monkeypatch.setattr(channel_module, "HEARTBEAT_EVERY", 60.0)
+        monkeypatch.setattr(channel_module, "MAX_POLL_MS", 60_000)
+        wait_for(lambda: not drained(router, 0.3), 5.0, "the last heartbeat before the long sleep")
+        channel.send({"type": wire.ACK, "cmd_id": "c1"})
+        _, ack = recv(router, 5.0)  # without the poke: after the 60 s sleep
+        assert ack == {"type": wire.ACK, "cmd_id": "c1"}
+    finally:
+        channel.stop()
+    assert not channel._thread.is_alive()  # stop pokes the sleeping thread too
+
+
+def test_the_session_nudges_the_publisher_when_a_loss_is_recorded(tmp_path: Path) -> None:
+    session = Session({"WEIGHTSLAB_RUNTIME_DIR": str(tmp_path / "rt"), "WEIGHTSLAB_RING_MB": "1"})
+    session.start()
+    try:
+        assert session.publisher is not None
+        wakes = CountingEvent()
+        session.publisher._wake = wakes
+        for _ in range(WAKE_RECORDS):
+            session.begin_step()
+            session.add_batch("train", np.arange(4), targets=np.zeros(4))
+            session.end_step(training=True)
+        if wakes.sets == 0:  # (unless a loaded machine took 2 x WAKE_AFTER over these steps)
+            session.add_signal("loss", "train", np.arange(4), np.ones(4))  # the loss, before its backward
+            assert wakes.sets == 1
+        assert session.flush(5.0)
+    finally:
+        session.close()
