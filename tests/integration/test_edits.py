@@ -86,13 +86,16 @@ def test_edits_made_while_no_trainer_is_attached_apply_when_it_attaches(daemon: 
         steps = wait_for(applied, 20, "the trainer to apply both edits and the journal to record it")
         assert all(steps[seq]["ok"] for seq in edits.values())
         assert hparams(stub)["learning_rate"] == 0.5
+        denied_at = steps[edits["deny"]]["step"]
+        # More than an epoch (16 steps) after the discard before the trainer stops: the check below needs it.
+        wait_for(lambda: max((p.model_age for p in history(stub)), default=0) > denied_at + 20, 30,
+                 "an epoch and more of steps after the discard")
         stop.touch()
         status = trainer.wait(60)
     finally:
         trainer.proc.send_signal(signal.SIGCONT)
         trainer.kill()
     assert status["lr"] == 0.5 and status["hparams"]["learning_rate"] == 0.5
-    denied_at = steps[edits["deny"]]["step"]
     by_step = dict(zip(status["step_of"], status["seen"], strict=True))
     assert 40 < denied_at < max(by_step) - 16  # applied after the restart, with an epoch and more after it
     assert any(set(denied) & set(by_step[s]) for s in range(denied_at))
