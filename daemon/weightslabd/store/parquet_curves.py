@@ -30,7 +30,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from weightslabd.store.parquet_history import COMPRESSION, TMP_PREFIX, fsync_path, pause_point
+from weightslabd.store.parquet_history import (
+    COMPRESSION,
+    TMP_PREFIX,
+    fsync_path,
+    pause_point,
+    remove_temporaries_under,
+)
 
 DIR = "curves"
 POINTS_DIR = "curves-points"  # the companions: fixed-width copies of the files' points
@@ -208,13 +214,4 @@ def _write_bytes(path: Path, data: memoryview) -> None:
 
 def remove_temporaries(run_folder: Path) -> int:
     """Delete what a crash in the middle of a write left (never read); how many."""
-    removed = 0
-    for root in (run_folder / DIR, run_folder / POINTS_DIR):
-        if not root.is_dir():
-            continue
-        for entry in root.rglob(f"{TMP_PREFIX}*"):
-            entry.unlink(missing_ok=True)
-            removed += 1
-        for entry in root.rglob(".paused-*"):
-            entry.unlink(missing_ok=True)
-    return removed
+    return remove_temporaries_under(run_folder / DIR, run_folder / POINTS_DIR)

@@ -246,8 +246,13 @@ def write_durably(path: Path, table: pa.Table, row_group: int | None = None) -> 
 
 def remove_temporaries(run_folder: Path) -> int:
     """Delete what a crash in the middle of a write left (never read: only renamed files are); how many."""
+    return remove_temporaries_under(run_folder / DIR, run_folder / BY_SAMPLE_DIR)
+
+
+def remove_temporaries_under(*roots: Path) -> int:
+    """Temporary files and pause markers under these folders deleted; how many temporary files."""
     removed = 0
-    for root in (run_folder / DIR, run_folder / BY_SAMPLE_DIR):
+    for root in roots:
         if not root.is_dir():
             continue
         for entry in root.rglob(f"{TMP_PREFIX}*"):
