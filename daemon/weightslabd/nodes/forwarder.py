@@ -5,7 +5,9 @@ drain feeds a `RingSink`: each record becomes a frame of the `FrameBuffer`, afte
 the order the ring has them; register, a heartbeat a second and the rank's leaving become frames too.
 One thread sends the buffer's head to the home in client-streaming `Forward` calls over mutual TLS and
 drops what the home confirms. A failed call is retried with backoff (0.1 s doubling to 5 s), the same
-frames again: the home drops records it holds already (their ring positions). Commands never travel
+frames again: the home drops records it holds already (their ring positions). The buffer's spool, in the
+runtime directory, keeps what the home has not confirmed across a kill of this daemon: its next start
+sends that first. Commands never travel
 this way: rank 0, on the home's node, hands every edit to every rank through the job's process group.
 """
 
@@ -16,8 +18,8 @@ import json
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,7 +39,6 @@ CALL_BYTES = 8 << 20  # the most one call carries
 MESSAGE_BYTES = 1 << 20  # frames per streamed message (a bigger record goes alone)
 CALL_TIMEOUT = 30.0
 HEARTBEAT_EVERY = 1.0  # a rank's heartbeats forwarded at most this often
-HELLOS_KEPT = 1024
 
 
 def node_name(runtime_dir: Any) -> str:
@@ -61,13 +62,15 @@ class RingSink:
 
 class Forwarder:
     def __init__(self, home: str, credentials: grpc.ChannelCredentials, node: str, limit_bytes: int,
-                 max_message_bytes: int = 256 << 20) -> None:
+                 max_message_bytes: int = 256 << 20, spool: Path | None = None) -> None:
+        """`spool`: the file that keeps the frames the home has not confirmed across a kill (none: memory only)."""
         self.home = home
         self.node = node
-        self.buffer = FrameBuffer(limit_bytes)
-        self._hellos: OrderedDict[str, bytes] = OrderedDict()  # ring -> its hello, sent again on demand
+        self.buffer = FrameBuffer(limit_bytes, spool)
+        if self.buffer.reloaded:
+            log.info("forwarded frames of before a restart, not confirmed by the home, sent first", home=home,
+                     frames=self.buffer.reloaded, bytes=self.buffer.bytes)
         self._beats: dict[str, float] = {}
-        self._lock = threading.Lock()
         self._options = [("grpc.max_send_message_length", max_message_bytes),
                          ("grpc.max_receive_message_length", max_message_bytes)]
         self._channel = grpc.secure_channel(home, credentials, options=self._options)
@@ -87,13 +90,7 @@ class Forwarder:
         return bool(hello.get("job")) and isinstance(node, int) and not isinstance(node, bool) and node > 0
 
     def attached(self, ring: str, hello: wire.Message) -> RingSink:
-        data = _json(hello)
-        with self._lock:
-            self._hellos[ring] = data
-            self._hellos.move_to_end(ring)
-            while len(self._hellos) > HELLOS_KEPT:
-                self._hellos.popitem(last=False)
-        self.buffer.put_control(ring, data)
+        self.buffer.put_control(ring, _json(hello), hello=True)
         return RingSink(self.buffer, ring)
 
     def control(self, ring: str, msg: wire.Message) -> None:
@@ -116,15 +113,20 @@ class Forwarder:
         self._thread.start()
 
     def stop(self, flush_seconds: float = 3.0) -> None:
-        """Send what is held for up to `flush_seconds`, then stop; what is left is lost (and logged)."""
+        """Send what is held for up to `flush_seconds`, then stop; what is left waits in the spool for the next
+        start (without one, it is lost); logged either way."""
         deadline = time.monotonic() + flush_seconds
         while len(self.buffer) and self.reachable and time.monotonic() < deadline:
             time.sleep(0.02)
         self._stop.set()
         self._thread.join(timeout=CALL_TIMEOUT)
-        if len(self.buffer):
+        if len(self.buffer) and self.buffer.spool is not None:
+            log.warning("forwarded frames kept for the next start: the home did not take them", home=self.home,
+                        frames=len(self.buffer), bytes=self.buffer.bytes, spool=str(self.buffer.spool.path))
+        elif len(self.buffer):
             log.error("forwarded frames lost at shutdown: the home did not take them", home=self.home,
                       frames=len(self.buffer), bytes=self.buffer.bytes)
+        self.buffer.close()
         self._channel.close()
 
     def _loop(self) -> None:
@@ -161,8 +163,7 @@ class Forwarder:
         moved = self.buffer.confirm(taken.seq)
         again: list[pb.Frame] = []
         for ring in taken.unknown:
-            with self._lock:
-                hello = self._hellos.get(ring)
+            hello = self.buffer.hello_of(ring)
             if hello is None:  # the home will never place these frames
                 log.error("forwarded frames dropped: the home does not know their ring", ring=ring,
                           frames=self.buffer.drop_ring(ring))

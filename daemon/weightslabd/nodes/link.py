@@ -12,6 +12,7 @@ from weightslabd.config import Settings
 from weightslabd.ipc.control import ControlServer
 from weightslabd.nodes.forwarder import Forwarder, node_name
 from weightslabd.nodes.home import Home, ListenError, serve
+from weightslabd.nodes.spool import FILE as SPOOL_FILE
 from weightslabd.security.node_tls import home_credentials, node_credentials
 from weightslabd.security.tls import TlsError
 from weightslabd.store.runs import RunRegistry
@@ -47,7 +48,8 @@ class NodeLink:
         s = self.settings
         if self.forward_to and self._channel_creds is not None:
             self.forwarder = Forwarder(self.forward_to, self._channel_creds, node_name(runtime_dir),
-                                       s.weightslab_forward_buffer_mb << 20, s.grpc_max_message_bytes)
+                                       s.weightslab_forward_buffer_mb << 20, s.grpc_max_message_bytes,
+                                       runtime_dir / SPOOL_FILE)
             control.forwarding = self.forwarder
             self.forwarder.start()
             log.info("forwarding the jobs whose rank 0 is on another node", home=self.forward_to,

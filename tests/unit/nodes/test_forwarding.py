@@ -4,20 +4,13 @@ a real home feeding a real run; the home goes away and comes back, and nothing i
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
-from weightslab_shim import records, wire
-from weightslab_shim.records import SEP
+from weightslab_shim import wire
 from weightslab_shim.ring import RecordType
-from weightslab_shim.runtime import new_run_id
 from weightslabd.config import Settings
-from weightslabd.ipc.control import ControlServer
 from weightslabd.nodes.buffer import FRAME_OVERHEAD, FrameBuffer
 from weightslabd.nodes.forwarder import Forwarder
 from weightslabd.nodes.home import Home, serve
@@ -25,29 +18,8 @@ from weightslabd.nodes.link import NodeLink, NodesError
 from weightslabd.security.node_tls import home_credentials, node_credentials
 from weightslabd.security.tls import generate_certs
 from weightslabd.store.run import Run
-from weightslabd.store.runs import RunRegistry
 
-JOB = "job-" + "ab" * 8
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-    return value
-
-
-def step(s: int, rank: int) -> memoryview:
-    ids = np.asarray([4 * rank + s % 4], dtype=np.int64)
-    return memoryview(records.encode([(f"ids{SEP}train{SEP}loss{SEP}0", ids),
-                                      (f"sig{SEP}train{SEP}loss{SEP}0", np.asarray([float(s + rank)], np.float32))]))
-
-
-def curve(run: Run) -> dict[int, float]:
-    c = run.history.curves.get("loss")
-    return {} if c is None else {int(s): float(v) for s, v in zip(c.steps, c.values, strict=True)}
+from .support import JOB, curve, free_port, step, wait_for
 
 
 def test_the_buffer_keeps_order_and_its_bound_refusing_records_and_dropping_heartbeats() -> None:
@@ -64,33 +36,6 @@ def test_the_buffer_keeps_order_and_its_bound_refusing_records_and_dropping_hear
     assert [(f.seq, f.WhichOneof("body")) for f in buf.head(1 << 20)] == [(3, "record"), (4, "control"),
                                                                            (5, "record")]
     assert buf.drop_ring("r") == 3 and len(buf) == 0 and buf.bytes == 0
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> Settings:
-    generate_certs(tmp_path / "certs")
-    return Settings(weightslab_forward_cert_dir=tmp_path / "certs")
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[tuple[Home, Run]]:
-    (tmp_path / "rt").mkdir(mode=0o700)
-    registry = RunRegistry(tmp_path / "logs", tmp_path / "rt")
-    control = ControlServer(tmp_path / "rt", registry, hp_sync=False, heartbeat_timeout=1.5)
-    # Rank 0, on the home's node, made the job's run.
-    run = registry.attach({"run_id": new_run_id("ddp"), "job": JOB, "rank": 0, "world_size": 2,
-                           "splits": {"train": 8}, "script_dir": str(tmp_path)})
-    control.jobs.note(JOB, run.run_id)
-    h = Home(control, registry, tmp_path / "rt")
-    yield h, run
-    h.stop()
-    registry.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_node_holds_records_while_the_home_is_away_and_delivers_each_once_in_order(
