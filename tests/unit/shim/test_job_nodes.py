@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
+import torch.distributed as torch_dist  # torch==2.13.0 is a test dependency: no skip
 
 from weightslab_shim.distributed import job_nonce, job_of, node_rank_of, spans_nodes
-
-torch_dist = pytest.importorskip("torch.distributed")
 
 
 def rank_env(port: int, rank: int, *, host_ppid: str = "") -> dict[str, str]:
