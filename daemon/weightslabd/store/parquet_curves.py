@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 import zlib
 from pathlib import Path
 
@@ -32,9 +31,7 @@ import pyarrow.parquet as pq
 
 from weightslabd.store.parquet_history import (
     COMPRESSION,
-    TMP_PREFIX,
-    fsync_path,
-    pause_point,
+    place_durably,
     remove_temporaries_under,
 )
 
@@ -172,7 +169,7 @@ def write_part(run_folder: Path, name: str, first: int, columns: tuple[np.ndarra
         points = np.empty(count, dtype=POINT)
         for field, col in zip(COLUMNS, columns, strict=True):
             points[field] = col
-        _write_bytes(companion, points.data.cast("B"))
+        place_durably(companion, lambda tmp: tmp.write_bytes(points.data.cast("B")))
     if path.is_file():
         try:
             part = CurvePart(path)
@@ -180,36 +177,10 @@ def write_part(run_folder: Path, name: str, first: int, columns: tuple[np.ndarra
                 return part
         except (OSError, ValueError, pa.ArrowException):
             pass  # not a good copy of this chunk: written again over it
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = folder / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}"
-    try:
-        write_table(tmp, table(name, columns), {"first": first, "count": count, "crc32": crc})
-        pause_point("curve-written", folder)
-        fsync_path(tmp)
-        pause_point("curve-synced", folder)
-        os.rename(tmp, path)
-        fsync_path(folder)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    pause_point("curve-renamed", folder)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    meta = {"first": first, "count": count, "crc32": crc}
+    place_durably(path, lambda tmp: write_table(tmp, table(name, columns), meta), pause="curve-")
     return CurvePart(path)
-
-
-def _write_bytes(path: Path, data: memoryview) -> None:
-    """A file in place atomically (temporary file, fsync, rename, fsync of the folder)."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def remove_temporaries(run_folder: Path) -> int:

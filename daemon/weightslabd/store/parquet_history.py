@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,21 +177,9 @@ def write_chunk(run_folder: Path, rows: ChunkRows) -> ColdPart:
                 return part
         except (OSError, ValueError, pa.ArrowException):
             pass  # not a good copy of this chunk: written again over it
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = folder / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}"
-    try:
-        write_table(tmp, chunk_table(rows), {"first_record": rows.first_record, "offset": rows.offset,
-                                             "records": len(rows.steps), "crc32": crc})
-        pause_point("written", folder)
-        fsync_path(tmp)
-        pause_point("synced", folder)
-        os.rename(tmp, path)
-        fsync_path(folder)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    pause_point("renamed", folder)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    meta = {"first_record": rows.first_record, "offset": rows.offset, "records": len(rows.steps), "crc32": crc}
+    place_durably(path, lambda tmp: write_table(tmp, chunk_table(rows), meta), pause="")
     return ColdPart(path)
 
 
@@ -232,16 +221,31 @@ def fsync_path(path: Path) -> None:
 
 
 def write_durably(path: Path, table: pa.Table, row_group: int | None = None) -> None:
-    """A whole Parquet file in place atomically (temporary file, fsync, rename, fsync of the folder)."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    """A whole Parquet file in place atomically (see `place_durably`)."""
+    place_durably(path, lambda tmp: write_table(tmp, table, row_group=row_group))
+
+
+def place_durably(path: Path, write: Callable[[Path], object], pause: str | None = None) -> None:
+    """`write` fills a temporary file beside `path`, which is then synced, renamed over `path`, and its
+    folder synced: a crash leaves the old file or the new one, and at most a temporary that
+    `remove_temporaries` deletes. With `pause` (a prefix), the test hook's points `<pause>written`,
+    `<pause>synced` and `<pause>renamed` are on the way."""
+    folder = path.parent
+    tmp = folder / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}"
     try:
-        write_table(tmp, table, row_group=row_group)
+        write(tmp)
+        if pause is not None:
+            pause_point(f"{pause}written", folder)
         fsync_path(tmp)
+        if pause is not None:
+            pause_point(f"{pause}synced", folder)
         os.rename(tmp, path)
-        fsync_path(path.parent)
+        fsync_path(folder)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if pause is not None:
+        pause_point(f"{pause}renamed", folder)
 
 
 def remove_temporaries(run_folder: Path) -> int:

@@ -114,7 +114,7 @@ def test_a_write_that_fails_leaves_no_file_and_the_points_in_memory(tmp_path: Pa
     def refuse(path: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(parquet_curves, "fsync_path", refuse)
+    monkeypatch.setattr(parquet_history, "fsync_path", refuse)  # the one durable writer (place_durably)
     with pytest.raises(OSError):
         history.compact(tmp_path)
     assert history.hot_full_chunks() == 2
