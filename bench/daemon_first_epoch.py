@@ -1,0 +1,80 @@
+"""Where the daemon's CPU goes while a trainer's first epoch sends previews: the daemon's CPU (all its
+threads, /proc/<pid>/stat) for the attach, then per step over successive spans of steps, each span
+measured once the daemon has gone quiet (its encoder included). The trainer is bench/overhead.py's
+shim loop (small CNN, 3x32x32 inputs, batch 64, 4096 samples: an epoch is 64 steps).
+
+    .venv/bin/python bench/daemon_first_epoch.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import overhead  # noqa: E402
+from support.daemon import daemon_env, running_daemon, scratch_dir  # noqa: E402
+
+QUIET_CPU_S = 0.003  # the daemon is quiet when it used less than this over QUIET_WINDOW_S
+QUIET_WINDOW_S = 0.3
+QUIET_TIMEOUT_S = 60.0
+
+
+def quiet_cpu(root: Path) -> float:
+    """The daemon's CPU seconds once it has stopped working on what it was sent."""
+    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    before = overhead.daemon_cpu(root)
+    while time.monotonic() < deadline:
+        time.sleep(QUIET_WINDOW_S)  # a measuring window, not a synchronisation
+        now = overhead.daemon_cpu(root)
+        if before is not None and now is not None and now - before < QUIET_CPU_S:
+            return now
+        before = now
+    raise SystemExit(f"the daemon did not go quiet within {QUIET_TIMEOUT_S:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="spans up to the end of the first epoch only")
+    parser.add_argument("--steps", type=int, default=None, help="ignored (accepted for ./dev bench)")
+    parser.add_argument("--rounds", type=int, default=None, help="ignored (accepted for ./dev bench)")
+    args, _ = parser.parse_known_args()
+    spans = (1, 7, 24, 32) if args.quick else (1, 7, 24, 32, 64, 128)
+
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(overhead.SEED)
+    data = torch.utils.data.TensorDataset(torch.randn(overhead.SAMPLES, 3, 32, 32, generator=gen),
+                                          torch.randint(0, overhead.CLASSES, (overhead.SAMPLES,), generator=gen))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(16 * 8 * 8, overhead.CLASSES))
+    optimizer = torch.optim.SGD(model.parameters(), lr=overhead.LR, momentum=0.9)
+    with scratch_dir("wl-bench-first-epoch-") as root:
+        runtime = root / "rt"
+        with running_daemon(root, runtime):
+            os.environ.update(daemon_env(root, runtime))
+            start = quiet_cpu(root)
+            loop = overhead.ShimLoop(True, data, model, optimizer, nn.CrossEntropyLoss(reduction="none"))
+            last = quiet_cpu(root)
+            print(f"daemon CPU, ms (epoch = {overhead.EPOCH} steps, {overhead.BATCH} new samples a step in the first)")
+            print(f"  {'attach':<16}{1000 * (last - start):10.1f}")
+            done = 0
+            for n in spans:
+                for _ in range(n):
+                    loop.step()
+                loop.session.flush()
+                now = quiet_cpu(root)
+                print(f"  steps {done:>4}-{done + n:<5} {1000 * (now - last) / n:10.2f} a step")
+                done, last = done + n, now
+            loop.report()
+
+
+if __name__ == "__main__":
+    main()
