@@ -172,11 +172,12 @@ class Daemon:
                      restart_after=s.grpc_watchdog_restart_threshold, exit_on_stuck=s.grpc_watchdog_exit_on_stuck)
         else:
             log.info("watchdogs disabled (WEIGHTSLAB_DISABLE_WATCHDOGS)")
-        self._write_state()
-        self.supervisor.ready(f"serving gRPC on {self.grpc_address}")
+        # Logged before daemon.json and systemd's READY=1 announce it: whoever waits on either finds the line.
         log.info("weightslabd ready", grpc=self.grpc_address, tls=self.front is not None,
                  grpc_web=self.web.address if self.web is not None else "off",
                  control=self.control.endpoint, runs=len(self.registry.known), pid=os.getpid())
+        self._write_state()
+        self.supervisor.ready(f"serving gRPC on {self.grpc_address}")
 
     def restart_grpc(self) -> None:
         """A new gRPC server on the same address; clients reconnect by themselves."""
