@@ -8,7 +8,6 @@ ring is drained and unlinked and the run marked crashed.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import stat
 import threading
@@ -29,6 +28,7 @@ from weightslab_shim.ring import RingError, RingReader, list_rings, shm_path, un
 from weightslab_shim.runtime import control_endpoint, is_ring_name, is_run_id, ring_prefix
 from weightslabd.ipc.ingest import RecordSink, RingDrain
 from weightslabd.ipc.jobs import Jobs, hello_for_job, job_and_rank, restart_of, ring_base
+from weightslabd.ipc.ring_record import RingRecord
 from weightslabd.store import checkpoints
 from weightslabd.store.run import PendingCommand, Run
 from weightslabd.store.runs import RunRegistry
@@ -41,28 +41,13 @@ RING_RUN_ID_BYTES = 48  # the ring header keeps this much of the run id
 DENY_IDS_MAX = 10_000  # a re-sent discard with more ids than this travels as a packed mask
 
 
-class AnnouncedRings:
+class AnnouncedRings(RingRecord):
     """Rings a hello on our private control socket named, until they are unlinked. Kept in the
     private runtime directory: after a restart only these are read back (a segment someone merely
     put in /dev/shm under our prefix never is)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self.rings: dict[str, dict[str, Any]] = self._load()
-
-    def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.error("record of announced rings unreadable; no ring will be recovered from it",
-                      path=str(self.path), error=str(exc))
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
+    UNREADABLE = "record of announced rings unreadable; no ring will be recovered from it"
+    UNSAVED = "record of announced rings not saved"  # only a double crash needs it: attaching goes on
 
     def add(self, name: str, run_id: str, pid: int, **extra: Any) -> None:
         """extra: `run` (the run a resumed trainer's ring feeds) and `base` (RingDrain's)."""
@@ -76,19 +61,6 @@ class AnnouncedRings:
         with self._lock:
             if self.rings.pop(name, None) is not None:
                 self._save()
-
-    def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            if not self.rings:
-                self.path.unlink(missing_ok=True)  # no ring outstanding: no file
-                return
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.rings, f)
-            os.replace(tmp, self.path)
-        except OSError as exc:  # only a double crash needs it: attaching goes on
-            log.error("record of announced rings not saved", path=str(self.path), error=str(exc))
 
 
 @dataclass

@@ -13,7 +13,6 @@ directory, so a restarted home places the frames a node goes on sending.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import structlog
 from weightslab_shim import wire
 from weightslabd.ipc.control import ControlServer
 from weightslabd.ipc.jobs import job_and_rank, restart_of, ring_base
+from weightslabd.ipc.ring_record import RingRecord
 from weightslabd.proto import node_forwarding_pb2 as pb
 from weightslabd.proto import node_forwarding_pb2_grpc as pb_grpc
 from weightslabd.store.run import Run
@@ -52,24 +52,11 @@ class Remote:
     last_seen: float
 
 
-class RemoteRings:
+class RemoteRings(RingRecord):
     """node|ring -> the run and lane base its records go to; kept in the private runtime directory."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self.rings: dict[str, dict[str, Any]] = self._load()
-
-    def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.error("record of forwarded rings unreadable; nodes send their hellos again", path=str(self.path),
-                      error=str(exc))
-            return {}
-        return {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+    UNREADABLE = "record of forwarded rings unreadable; nodes send their hellos again"
+    UNSAVED = "record of forwarded rings not saved"  # only a restart of the home needs it: nodes send hellos then
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -84,14 +71,7 @@ class RemoteRings:
             self.rings[key] = entry
             while len(self.rings) > KEEP:
                 self.rings.pop(next(iter(self.rings)))
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(self.rings, f)
-                os.replace(tmp, self.path)
-            except OSError as exc:  # only a restart of the home needs it: nodes send hellos again then
-                log.error("record of forwarded rings not saved", path=str(self.path), error=str(exc))
+            self._save()
 
 
 class Home(pb_grpc.NodeForwardingServicer):
