@@ -85,7 +85,9 @@ def test_edits_made_while_no_trainer_is_attached_apply_when_it_attaches(daemon: 
 
         steps = wait_for(applied, 20, "the trainer to apply both edits and the journal to record it")
         assert all(steps[seq]["ok"] for seq in edits.values())
-        assert hparams(stub)["learning_rate"] == 0.5
+        # The acknowledgement comes over the control socket; the hyperparameters the daemon serves come with
+        # the trainer's next records through its ring, a moment later.
+        wait_for(lambda: hparams(stub)["learning_rate"] == 0.5, 10, "the daemon to serve the new learning rate")
         denied_at = steps[edits["deny"]]["step"]
         # More than an epoch (16 steps) after the discard before the trainer stops: the check below needs it.
         wait_for(lambda: max((p.model_age for p in history(stub)), default=0) > denied_at + 20, 30,
