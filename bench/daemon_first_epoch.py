@@ -1,7 +1,9 @@
 """Where the daemon's CPU goes while a trainer's first epoch sends previews: the daemon's CPU (all its
-threads, /proc/<pid>/stat) for the attach, then per step over successive spans of steps, each span
-measured once the daemon has gone quiet (its encoder included). The trainer is bench/overhead.py's
-shim loop (small CNN, 3x32x32 inputs, batch 64, 4096 samples: an epoch is 64 steps).
+threads, its process CPU clock) for the attach, then per step over successive spans of steps, each span
+measured once the daemon has gone quiet (its encoder included), less what the daemon uses at rest with
+the trainer attached (measured first, and printed: heartbeats, liveness checks, the ring's idle looks).
+The trainer is bench/overhead.py's shim loop (small CNN, 3x32x32 inputs, batch 64, 4096 samples: an
+epoch is 64 steps).
 
     .venv/bin/python bench/daemon_first_epoch.py [--quick]
 """
@@ -19,22 +21,34 @@ sys.path.insert(0, str(Path(__file__).parent))
 import overhead  # noqa: E402
 from support.daemon import daemon_env, running_daemon, scratch_dir  # noqa: E402
 
-QUIET_CPU_S = 0.003  # the daemon is quiet when it used less than this over QUIET_WINDOW_S
+QUIET_CPU_S = 0.003  # the daemon is quiet when it used less than this over QUIET_WINDOW_S, above its rate at rest
 QUIET_WINDOW_S = 0.3
 QUIET_TIMEOUT_S = 60.0
+REST_WINDOW_S = 2.0
+REST_LIMIT = 0.05  # at most 5 % of a core at rest, else the measure is meaningless
 
 
-def quiet_cpu(root: Path) -> float:
-    """The daemon's CPU seconds once it has stopped working on what it was sent."""
+def quiet_cpu(root: Path, rest_rate: float) -> tuple[float, float]:
+    """(CPU seconds, monotonic time) once the daemon has stopped working on what it was sent."""
     deadline = time.monotonic() + QUIET_TIMEOUT_S
-    before = overhead.daemon_cpu(root)
+    before, began = overhead.daemon_cpu(root), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(QUIET_WINDOW_S)  # a measuring window, not a synchronisation
-        now = overhead.daemon_cpu(root)
-        if before is not None and now is not None and now - before < QUIET_CPU_S:
-            return now
-        before = now
+        now, at = overhead.daemon_cpu(root), time.monotonic()
+        if before is not None and now is not None and now - before - rest_rate * (at - began) < QUIET_CPU_S:
+            return now, at
+        before, began = now, at
     raise SystemExit(f"the daemon did not go quiet within {QUIET_TIMEOUT_S:.0f} s")
+
+
+def rest_rate(root: Path) -> float:
+    """The daemon's CPU seconds per second at rest, once it has settled (at most REST_LIMIT)."""
+    quiet_cpu(root, REST_LIMIT)
+    before, began = overhead.daemon_cpu(root), time.monotonic()
+    time.sleep(REST_WINDOW_S)  # a measuring window
+    after, at = overhead.daemon_cpu(root), time.monotonic()
+    assert before is not None and after is not None
+    return (after - before) / (at - began)
 
 
 def main() -> None:
@@ -60,19 +74,23 @@ def main() -> None:
         runtime = root / "rt"
         with running_daemon(root, runtime):
             os.environ.update(daemon_env(root, runtime))
-            start = quiet_cpu(root)
+            idle = rest_rate(root)
+            start, _ = quiet_cpu(root, idle)
             loop = overhead.ShimLoop(True, data, model, optimizer, nn.CrossEntropyLoss(reduction="none"))
-            last = quiet_cpu(root)
-            print(f"daemon CPU, ms (epoch = {overhead.EPOCH} steps, {overhead.BATCH} new samples a step in the first)")
+            rest = rest_rate(root)
+            last, last_at = quiet_cpu(root, rest)
+            print(f"daemon CPU at rest: {1000 * idle:.2f} ms a second alone, {1000 * rest:.2f} attached")
+            print(f"daemon CPU above that, ms (epoch = {overhead.EPOCH} steps, {overhead.BATCH} new samples a "
+                  "step in the first)")
             print(f"  {'attach':<16}{1000 * (last - start):10.1f}")
             done = 0
             for n in spans:
                 for _ in range(n):
                     loop.step()
                 loop.session.flush()
-                now = quiet_cpu(root)
-                print(f"  steps {done:>4}-{done + n:<5} {1000 * (now - last) / n:10.2f} a step")
-                done, last = done + n, now
+                now, at = quiet_cpu(root, rest)
+                print(f"  steps {done:>4}-{done + n:<5} {1000 * (now - last - rest * (at - last_at)) / n:10.2f} a step")
+                done, last, last_at = done + n, now, at
             loop.report()
 
 

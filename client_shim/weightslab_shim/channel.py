@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 
 from . import wire
+from .poke import Poke
 from .runtime import private_dir_problem
 
 HELLO_EVERY = 0.2  # seconds between hellos while detached: re-attach well within a second
@@ -70,8 +71,7 @@ class ControlChannel:
         self._thread = threading.Thread(target=self._run, name="weightslab-control", daemon=True)
         self._pid = os.getpid()
         self._failed = False
-        self._poke_r, self._poke_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poked = False
+        self._poke = Poke()
 
     def start(self) -> None:
         self._thread.start()
@@ -79,15 +79,6 @@ class ControlChannel:
     def send(self, msg: wire.Message) -> None:
         self.outbox.append(msg)
         self._poke()
-
-    def _poke(self) -> None:
-        """Wake the thread's poll (one byte at a time in the pipe at most)."""
-        if not self._poked:
-            self._poked = True
-            try:
-                os.write(self._poke_w, b"!")
-            except OSError:  # full (it is awake anyway) or already closed
-                pass
 
     def end_of_stream(self, msg: wire.Message, timeout: float) -> bool:
         """Tell the daemon we are done and wait (bounded) until it has drained our ring."""
@@ -101,11 +92,8 @@ class ControlChannel:
         self._poke()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=2.0)
-        if not self._thread.is_alive() and self._poke_w >= 0:  # only the caller could still poke: close
-            self._poked = True
-            os.close(self._poke_r)
-            os.close(self._poke_w)
-            self._poke_r = self._poke_w = -1
+        if not self._thread.is_alive():  # only the caller could still poke: close
+            self._poke.close()
 
     def _run(self) -> None:
         state = _LoopState(started=time.monotonic())
@@ -121,7 +109,7 @@ class ControlChannel:
         sock.connect(self.endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._poke_r, zmq.POLLIN)
+        poller.register(self._poke.fd, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 try:
@@ -154,11 +142,7 @@ class ControlChannel:
         if attached and now >= st.next_beat:
             self._send(sock, self._heartbeat())
             st.next_beat = now + HEARTBEAT_EVERY
-        self._poked = False  # before draining the pipe and the outbox: a later send pokes again
-        try:
-            os.read(self._poke_r, 4096)
-        except BlockingIOError:
-            pass
+        self._poke.clear()  # before draining the outbox: a later send pokes again
         while attached and self.outbox:
             self._send(sock, self.outbox.popleft())
         due = min(st.next_hello if not attached else st.next_beat, now + MAX_POLL_MS / 1000)

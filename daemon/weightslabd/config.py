@@ -370,8 +370,9 @@ class Settings(BaseSettings):
     )
     wl_preload_image_overview: Flag = _setting(
         True, _DATA,
-        "Encode thumbnails in the background as samples' inputs arrive (and at start), so the grid's first "
-        "pages are ready; off encodes only what the UI asks for.",
+        "At start, encode in the background the thumbnails of the previews already at rest, so the grid's "
+        "first pages are ready; off encodes only what the UI asks for. Samples arriving while training "
+        "runs are encoded when the UI asks, never before.",
     )
     wl_default_thumbnail_size: Positive = _setting(
         720, _DATA,

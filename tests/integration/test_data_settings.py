@@ -142,12 +142,19 @@ def preview_stats(daemon: Daemon) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("preload", ["1", "0"])
-def test_preload_builds_thumbnails_before_anyone_asks(tmp_path: Path, preload: str) -> None:
+def test_preload_builds_thumbnails_of_what_is_at_rest_when_the_daemon_starts(tmp_path: Path, preload: str) -> None:
     daemon, env = start(tmp_path, WL_PRELOAD_IMAGE_OVERVIEW=preload)
     try:
         train(daemon, env, tmp_path)
+        # while training ran, nothing was encoded for the grid: no one asked
+        wait_for(lambda: dict(grpc_cli(daemon, "status")["previews_at_rest"])["pending"] == 0, 10,
+                 "the previews at rest")
+        live = preview_stats(daemon)
+        assert (live["preloaded"], live["encodes"]) == (0, 0)
+        daemon.stop()
+        daemon.start()
         if preload == "1":
-            wait_for(lambda: preview_stats(daemon)["preloaded"] > 100, 10, "the preload")
+            wait_for(lambda: preview_stats(daemon)["preloaded"] > 100, 10, "the preload at start")
             samples(daemon.stub(), 0, 64, include_raw_data=True)
             assert preview_stats(daemon)["hits"] > 0
         else:

@@ -24,7 +24,8 @@ from weightslabd.store.run import Run
 from weightslabd.store.runs import RunRegistry
 
 log = structlog.get_logger("weightslabd.evaluation")
-TICK = 0.1
+TICK = 0.1  # while a pass is watched
+IDLE_TICK = 1.0  # otherwise: a heartbeat's news or a new pass wakes it at once
 APPLY_WAIT = 2.0  # how long a request waits for the trainer's ack before replying
 
 
@@ -180,7 +181,7 @@ class Evaluations:
     def _loop(self) -> None:
         recovered = False
         while not self._stopping.is_set():
-            self._wake.wait(TICK)
+            self._wake.wait(TICK if self._watched or not recovered else IDLE_TICK)  # news and _watch wake it
             self._wake.clear()
             try:
                 if not recovered:

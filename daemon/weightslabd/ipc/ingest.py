@@ -17,8 +17,13 @@ from weightslab_shim.ring import CorruptRecord, RingReader
 from weightslabd.store.run import Run
 
 log = structlog.get_logger("weightslabd.ipc.ingest")
-IDLE_MIN = 0.001
-IDLE_MAX = 0.02
+# After an empty look the thread waits IDLE_MIN, doubling up to IDLE_MAX while the ring stays empty.
+# Each wake costs ~30-110 us of CPU on a small VM whatever it finds (the timed wait itself), so the
+# first wait is already long: the shim's publisher writes in bursts (every 8 records or 50 ms), a
+# 20 ms look finds most of a burst at once, and a full ring is never near (a burst is a few hundred KB
+# against WEIGHTSLAB_RING_MB). Records waiting are read back to back with no wait in between.
+IDLE_MIN = 0.02
+IDLE_MAX = 0.1
 BATCH = 256
 
 

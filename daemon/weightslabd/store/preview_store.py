@@ -383,20 +383,20 @@ class PreviewStore:
             elif legacy:
                 self._drop_legacy(key)
         stored: dict[str, tuple[list[int], list[int]]] = {}
-        for entry in entries:
-            payload = fmt.pack_entry(entry)
-            offset = self.log.append(payload)
-            with self._cond:
+        payloads = [fmt.pack_entry(entry) for entry in entries]
+        offsets = self.log.append_many(payloads)  # one write for the chunk
+        with self._cond:
+            for entry, payload, offset in zip(entries, payloads, offsets, strict=True):
                 renewed = self._place(entry.split, entry.sample_id, offset, FRAME.size + len(payload))
                 self._since_index += 1
                 self.stats_["encoded"] += entry.image is not None
                 if legacy:
                     self.stats_["converted"] += 1
                     self._legacy.pop((entry.split, entry.sample_id), None)
-            ids, renewed_ids = stored.setdefault(entry.split, ([], []))
-            ids.append(entry.sample_id)
-            if renewed:
-                renewed_ids.append(entry.sample_id)
+                ids, renewed_ids = stored.setdefault(entry.split, ([], []))
+                ids.append(entry.sample_id)
+                if renewed:
+                    renewed_ids.append(entry.sample_id)
         if self._on_stored is not None:
             for split, (ids, renewed_ids) in stored.items():
                 self._on_stored(split, ids, renewed_ids)

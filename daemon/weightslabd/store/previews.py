@@ -266,7 +266,7 @@ class PreviewCache:
             if isinstance(picture, Encoded):  # an image at rest: served as it is where no resize is asked
                 source_size = picture.size
                 out_size = fit_size(*source_size, size[0], size[1], self._default_longest)
-                as_is = out_size == source_size and picture.fmt != "RAW"
+                as_is = out_size == source_size and not picture.is_pixels
                 data = picture.data if as_is else encode(decode(picture, out_size), out_size)
             else:
                 image = to_image(picture)

@@ -597,9 +597,10 @@ class Run:
         return None if table is None else table.size
 
     def _previews_stored(self, split: str, ids: list[int], renewed: list[int]) -> None:
-        """New previews at rest (from the encoder's thread): thumbnails of older ones are stale."""
+        """New previews at rest (from the encoder's thread): thumbnails of older ones are stale. They
+        are not preloaded: a sample arriving while training runs gets its thumbnail when the Studio
+        asks for it, never before (preloading is for what is at rest when the run opens)."""
         self.preview_cache.forget(split, renewed)
-        self.preview_cache.offer(split, ids)
 
     def preview_array(self, split: str, sample_id: int) -> np.ndarray | None:
         """The sample's picture as an array (its image file, else its preview at rest); None if none yet."""

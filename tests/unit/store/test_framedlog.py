@@ -69,6 +69,40 @@ def test_appended_frames_read_back_in_order_with_their_offsets(open_log: Callabl
     assert [log.read_at(o) for o in reversed(offsets)] == list(reversed(PAYLOADS))
 
 
+def test_append_many_writes_the_frames_of_several_appends_in_one_write(open_log: Callable[..., FramedLog],
+                                                                        fake_os: OsWithFaults) -> None:
+    one_by_one = open_log(open_log().path.parent / "one_by_one.log")
+    expected = fill(one_by_one)
+    log = open_log()
+    writes: list[int] = []
+    fake_os.write = lambda fd, data: writes.append(len(data)) or os.write(fd, data)
+    assert log.append_many(PAYLOADS) == expected
+    assert writes == [log.size]  # one system call for the batch
+    assert log.append_many([]) == [] and writes == [log.size]
+    assert (log.size, log.last_frame) == (one_by_one.size, one_by_one.last_frame)
+    assert log.path.read_bytes() == one_by_one.path.read_bytes()
+    assert log.append(b"next") == log.size - FRAME.size - 4
+
+
+def test_append_many_on_a_full_disk_leaves_none_of_its_frames(open_log: Callable[..., FramedLog],
+                                                              fake_os: OsWithFaults) -> None:
+    log = open_log()
+    log.append(b"kept")
+    size_before = log.size
+
+    def write_half_then_enospc(fd: int, data: Any) -> int:
+        if fake_os.write is write_half_then_enospc and len(data) > 100:
+            fake_os.write = lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+            return os.write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fake_os.write = write_half_then_enospc
+    with pytest.raises(OSError):
+        log.append_many(PAYLOADS)
+    assert os.path.getsize(log.path) == size_before == log.size
+    assert [p for _, p in log.frames()] == [b"kept"]
+
+
 def test_memoryview_of_bytes_is_appended_like_bytes(open_log: Callable[..., FramedLog]) -> None:
     log = open_log()
     data = bytearray(b"0123456789")

@@ -122,6 +122,24 @@ def test_the_bytes_at_rest_are_bounded_whatever_the_content(content: str) -> Non
     assert max(big.size) == 256 and len(big.data) <= MAX_BYTES
 
 
+@pytest.mark.parametrize(("shape", "dtype", "kept_as"), [
+    ((3, 32, 32), np.uint8, "PLANAR"), ((4, 20, 12), np.uint8, "PLANAR"), ((1, 3, 32, 32), np.uint8, "PLANAR"),
+    ((32, 32, 3), np.uint8, "RAW"), ((28, 28), np.uint8, "RAW"), ((1, 28, 28), np.uint8, "RAW"),
+    ((3, 32, 32), np.float32, "RAW"), ((2, 16, 16), np.uint8, "RAW")])
+def test_a_small_input_is_kept_as_its_pixels_and_shown_exactly(shape: tuple[int, ...], dtype: type,
+                                                                kept_as: str) -> None:
+    rng = np.random.default_rng(7)
+    array = rng.random(shape).astype(dtype) if dtype is np.float32 else rng.integers(0, 256, shape, dtype=np.uint8)
+    kept = encode_preview(array)
+    expected = np.asarray(to_image(array))  # the thumbnail rules' pixels of the input itself
+    assert kept.fmt == kept_as and kept.size == (expected.shape[1], expected.shape[0])
+    assert np.array_equal(np.asarray(decode(kept)), expected)
+    cache = PreviewCache(lambda *_: kept, max_entries=4, default_longest=720, warmup_wait_ms=0, chunk_size=0,
+                         preload=False)
+    shown = cache.get_many([("train", 0)], -100, -100)[0]  # the modal: a PNG of exactly those pixels
+    assert shown is not None and np.array_equal(np.asarray(Image.open(io.BytesIO(shown))), expected)
+
+
 # -- off the ingest path, once per sample ---------------------------------------------------------------
 
 
