@@ -60,6 +60,19 @@ WORKER_TIMEOUT = 300.0
 # Workers fork from a server that has imported torch once: a fresh process per variant and round
 # (one shim session each) that starts in a fraction of a second, so more rounds fit.
 FORKSERVER = multiprocessing.get_context("forkserver")
+# glibc's malloc serves torch's large tensors with mmap and moves its mmap threshold with the history of
+# frees, so the same loop takes ~200 to ~1,000 page faults a step (about 1 ms of kernel time in a 13 ms
+# step) depending on what ran before: one session's steps differ from the next by up to 10 %, whatever
+# the variant. Fixed thresholds (big blocks stay in the heap and are reused) take that out of every
+# variant alike; --default-malloc leaves glibc's defaults.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+
+
+def worker_environment(default_malloc: bool) -> None:
+    """Settings every worker inherits, set before the fork server starts (it imports torch)."""
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if not default_malloc:
+        os.environ.update(FIXED_MALLOC)
 
 
 @dataclass(frozen=True)
@@ -700,13 +713,15 @@ def main() -> None:
     parser.add_argument("--variants", help="comma-separated keys to run (default: every installed one): "
                         + ", ".join(v.key for v in VARIANTS))
     parser.add_argument("--no-pin", action="store_true", help="leave threads and the daemon on any CPU")
+    parser.add_argument("--default-malloc", action="store_true", help="glibc's own mmap and trim thresholds "
+                        "in the workers (more noise: see FIXED_MALLOC)")
     args = parser.parse_args()
     steps, rounds = (16, 1) if args.quick else (args.steps, args.rounds)
     wanted = set(args.variants.split(",")) if args.variants else {v.key for v in VARIANTS}
     unknown = wanted - {v.key for v in VARIANTS}
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # before the fork server imports torch
+    worker_environment(args.default_malloc)  # before the fork server imports torch
     # torch._dynamo is what the first optimizer imports (1.5 s): imported once, in the server.
     FORKSERVER.set_forkserver_preload(["torch", "torch._dynamo", "weightslab_shim"])
     variants = [v for v in VARIANTS if missing(v) is None and v.key in wanted]
