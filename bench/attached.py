@@ -41,21 +41,9 @@ def blocks(pairs: int, steps: int, runtime: Path, alone: Path, scratch: Path, sp
            apart: bool) -> list[dict[str, Any]]:
     """In this (forked) process: 2 x `pairs` sessions in A B B A order, each a first epoch and `steps`
     later steps; per session, whether it was attached and run_phase's figures for both phases."""
-    import torch
-    from torch import nn
-
     import weightslab_shim
 
-    torch.set_num_threads(1)
-    torch.manual_seed(overhead.SEED)
-    gen = torch.Generator().manual_seed(overhead.SEED)
-    dataset = torch.utils.data.TensorDataset(torch.randn(overhead.SAMPLES, 3, 32, 32, generator=gen),
-                                             torch.randint(0, overhead.CLASSES, (overhead.SAMPLES,), generator=gen))
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(16 * 8 * 8, overhead.CLASSES))
-    optimizer = torch.optim.SGD(model.parameters(), lr=overhead.LR, momentum=0.9)
-    criterion = nn.CrossEntropyLoss(reduction="none")
+    dataset, model, optimizer, criterion = overhead.problem()
     clock = overhead.ThreadClock()
     out: list[dict[str, Any]] = []
     for i in range(2 * pairs):
@@ -92,22 +80,8 @@ def process_main(pairs: int, steps: int, runtime: Path, alone: Path, scratch: Pa
 
 def run_process(pairs: int, steps: int, runtime: Path, alone: Path, scratch: Path, split: CpuSplit | None,
                 apart: bool) -> list[dict[str, Any]]:
-    receive, send = FORKSERVER.Pipe(duplex=False)
-    proc = FORKSERVER.Process(target=process_main,
-                              args=(pairs, steps, runtime, alone, scratch, split, apart, send))
-    proc.start()
-    send.close()
-    try:
-        if not receive.poll(WORKER_TIMEOUT * pairs):
-            raise RuntimeError(f"no result (log {scratch / 'worker.log'})")
-        ok, result = receive.recv()
-    finally:
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    if not ok:
-        raise RuntimeError(f"{result} (log {scratch / 'worker.log'})")
+    result = overhead.run_forked(process_main, (pairs, steps, runtime, alone, scratch, split, apart),
+                                 WORKER_TIMEOUT * pairs, scratch / "worker.log")
     return list(result)
 
 

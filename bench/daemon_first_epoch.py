@@ -59,24 +59,14 @@ def main() -> None:
     args, _ = parser.parse_known_args()
     spans = (1, 7, 24, 32) if args.quick else (1, 7, 24, 32, 64, 128)
 
-    import torch
-    from torch import nn
-
-    torch.set_num_threads(1)
-    gen = torch.Generator().manual_seed(overhead.SEED)
-    data = torch.utils.data.TensorDataset(torch.randn(overhead.SAMPLES, 3, 32, 32, generator=gen),
-                                          torch.randint(0, overhead.CLASSES, (overhead.SAMPLES,), generator=gen))
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(16 * 8 * 8, overhead.CLASSES))
-    optimizer = torch.optim.SGD(model.parameters(), lr=overhead.LR, momentum=0.9)
+    data, model, optimizer, criterion = overhead.problem()
     with scratch_dir("wl-bench-first-epoch-") as root:
         runtime = root / "rt"
         with running_daemon(root, runtime):
             os.environ.update(daemon_env(root, runtime))
             idle = rest_rate(root)
             start, _ = quiet_cpu(root, idle)
-            loop = overhead.ShimLoop(True, data, model, optimizer, nn.CrossEntropyLoss(reduction="none"))
+            loop = overhead.ShimLoop(True, data, model, optimizer, criterion)
             rest = rest_rate(root)
             last, last_at = quiet_cpu(root, rest)
             print(f"daemon CPU at rest: {1000 * idle:.2f} ms a second alone, {1000 * rest:.2f} attached")

@@ -131,7 +131,8 @@ class Loop:
         return {}
 
 
-def worker(key: str, steps: int, scratch: Path, split: CpuSplit | None) -> dict[str, Any]:
+def problem() -> tuple[Any, Any, Any, Any]:
+    """The benchmark's training problem, seeded, on one torch thread: (dataset, model, optimizer, criterion)."""
     import torch
     from torch import nn
 
@@ -147,7 +148,11 @@ def worker(key: str, steps: int, scratch: Path, split: CpuSplit | None) -> dict[
         nn.Flatten(), nn.Linear(16 * 8 * 8, CLASSES),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-    criterion = nn.CrossEntropyLoss(reduction="none")
+    return dataset, model, optimizer, nn.CrossEntropyLoss(reduction="none")
+
+
+def worker(key: str, steps: int, scratch: Path, split: CpuSplit | None) -> dict[str, Any]:
+    dataset, model, optimizer, criterion = problem()
     loop: Loop
     if key in ("shim", "shim-alone"):
         loop = ShimLoop(key == "shim", dataset, model, optimizer, criterion)
@@ -470,17 +475,23 @@ def run_worker(v: Variant, steps: int, runtime: Path, scratch: Path, split: CpuS
     """One variant, one round, in a fresh process forked from a server that has torch imported."""
     env = {"WEIGHTSLAB_RUNTIME_DIR": str(runtime), "WEIGHTSLAB_RUN_NAME": f"bench-{v.key}",
            "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(scratch)}
+    return dict(run_forked(worker_main, (v.key, steps, scratch, env, split), WORKER_TIMEOUT, scratch / "worker.log"))
+
+
+def run_forked(target: Callable[..., None], args: tuple[Any, ...], timeout: float, log: Path) -> Any:
+    """target(*args, send) in a process forked from the server, which sends one (ok, result) pair: the
+    result, or RuntimeError with what it sent instead. The process is joined (killed after `timeout`
+    and 30 s more)."""
     receive, send = FORKSERVER.Pipe(duplex=False)
-    proc = FORKSERVER.Process(target=worker_main, args=(v.key, steps, scratch, env, send, split))
+    proc = FORKSERVER.Process(target=target, args=(*args, send))
     proc.start()
     send.close()
-    ok: bool = False
-    result: Any = "no result"
+    ok, result = False, "no result"
     try:
-        if receive.poll(WORKER_TIMEOUT):
+        if receive.poll(timeout):
             ok, result = receive.recv()
         else:
-            result = f"no result within {WORKER_TIMEOUT:.0f} s"
+            result = f"no result within {timeout:.0f} s"
     except EOFError:
         pass  # it died before sending: the exit code and its log say why
     finally:
@@ -489,12 +500,12 @@ def run_worker(v: Variant, steps: int, runtime: Path, scratch: Path, split: CpuS
             proc.kill()
             proc.join()
     if not ok:
-        raise RuntimeError(f"failed ({result}, exit code {proc.exitcode}, log {scratch / 'worker.log'})")
-    return dict(result)
+        raise RuntimeError(f"failed ({result}, exit code {proc.exitcode}, log {log})")
+    return result
 
 
-def worker_main(key: str, steps: int, scratch: Path, env: dict[str, str], send: Connection,
-                split: CpuSplit | None) -> None:
+def worker_main(key: str, steps: int, scratch: Path, env: dict[str, str], split: CpuSplit | None,
+                send: Connection) -> None:
     log = os.open(scratch / "worker.log", os.O_WRONLY | os.O_CREAT, 0o600)
     os.dup2(log, 1)  # the shim's and W&B's own lines stay out of the table
     os.dup2(log, 2)
