@@ -42,6 +42,20 @@ def loss_steps(stub: Any) -> list[int]:
     return [p.model_age for p in history(stub) if p.metric_name == "loss"]
 
 
+def assert_merged(stub: Any, logs: list[list[dict[str, Any]]], steps: list[int]) -> None:
+    """What the Studio is served of a job: one curve point per step, the mean over every rank's losses
+    (from their logs), and each of the first 40 samples' encounters counted from every rank."""
+    points = {p.model_age: p.metric_value for p in history(stub) if p.metric_name == "loss"}
+    assert sorted(points) == steps
+    for s in steps:
+        values = [v for log in logs for v in log[s]["losses"]]
+        assert points[s] == pytest.approx(sum(values) / len(values), rel=1e-4), f"step {s}"
+    records = stub.GetDataSamples(pb.DataSamplesRequest(start_index=0, records_cnt=40), timeout=10).data_records
+    encounters = {r.sample_id: next(s.value[0] for s in r.data_stats if s.name == "encounters") for r in records}
+    expected = Counter(i for log in logs for d in log for i in set(d["ids"]))
+    assert encounters == {i: expected.get(i, 0) for i in range(40)}
+
+
 def start_job(env: dict[str, str], tmp: Path, *torchrun: str, script: tuple[str, ...] = (),
               nproc: int = WORLD) -> subprocess.Popen[bytes]:
     """The 2-rank job (`script`: more ddp_trainer.py arguments); it stops at the first step boundary after
@@ -120,15 +134,7 @@ def test_a_torchrun_job_is_one_run_and_edits_land_on_every_rank_at_the_same_step
         assert sum(drawn.values()) - len(drawn) < WORLD, f"epoch {epoch}: ids drawn twice"
 
     # The Studio: one curve point per step, the mean over both ranks; every sample's counts from both.
-    points = {p.model_age: p.metric_value for p in history(stub) if p.metric_name == "loss"}
-    assert sorted(points) == steps
-    for s in steps:
-        values = [v for log in logs for v in log[s]["losses"]]
-        assert points[s] == pytest.approx(sum(values) / len(values), rel=1e-4), f"step {s}"
-    records = stub.GetDataSamples(pb.DataSamplesRequest(start_index=0, records_cnt=40), timeout=10).data_records
-    encounters = {r.sample_id: next(s.value[0] for s in r.data_stats if s.name == "encounters") for r in records}
-    expected = Counter(i for log in logs for d in log for i in set(d["ids"]))
-    assert encounters == {i: expected.get(i, 0) for i in range(40)}
+    assert_merged(stub, logs, steps)
 
 
 @pytest.mark.timeout(90)

@@ -38,6 +38,14 @@ def files(folder: Path) -> Counter[int]:
     return Counter(int(p.name.split("-")[1]) for p in folder.glob("step-*.wlckpt"))
 
 
+def save_checkpoint(daemon: Daemon) -> tuple[int, Path]:
+    """`weightslabd cli checkpoint save`: the step it was written at and the folder it was written to."""
+    saved = grpc_cli(daemon, "checkpoint save")
+    assert saved["ok"] and "written" in saved["message"], saved
+    at = int(saved["message"].split("@")[1].split(" ")[0])
+    return at, Path(saved["message"].split(": ", 1)[1].split(" (")[0]).parent
+
+
 @pytest.mark.timeout(120)
 def test_checkpoints_of_a_job_save_and_restore_every_rank_at_one_step_and_a_restart_resumes(
         daemon: Daemon, env: dict[str, str], tmp_path: Path) -> None:
@@ -45,10 +53,7 @@ def test_checkpoints_of_a_job_save_and_restore_every_rank_at_one_step_and_a_rest
     try:
         stub = daemon.stub()
         wait_for(lambda: len(loss_steps(stub)) > 8, 40, "the job's first steps")
-        saved = grpc_cli(daemon, "checkpoint save")
-        assert saved["ok"] and "written" in saved["message"], saved
-        at = int(saved["message"].split("@")[1].split(" ")[0])
-        folder = Path(saved["message"].split(": ", 1)[1].split(" (")[0]).parent
+        at, folder = save_checkpoint(daemon)
         wait_for(lambda: files(folder)[at] == WORLD, 10, "rank 1's part beside the checkpoint")
         assert set_hparams(stub, learning_rate=0.05).success
         wait_for(lambda: all(rank_log(tmp_path, r)[-1]["step"] > at + 6 for r in range(WORLD)), 20, "steps on")
@@ -116,9 +121,7 @@ def test_a_re_launch_on_one_rank_resumes_the_run_re_shards_the_epoch_and_merges_
     try:
         stub = daemon.stub()
         wait_for(lambda: len(loss_steps(stub)) > 6, 40, "the job's first steps")
-        saved = grpc_cli(daemon, "checkpoint save")
-        assert saved["ok"] and "written" in saved["message"], saved
-        at = int(saved["message"].split("@")[1].split(" ")[0])
+        at, _ = save_checkpoint(daemon)
         wait_for(lambda: all(rank_log(first, r)[-1]["step"] > at + 3 for r in range(WORLD)), 20, "steps on")
         (first / "stop").touch()
         assert proc.wait(30) == 0, (first / "torchrun.out").read_text()

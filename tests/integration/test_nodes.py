@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from weightslabd.proto import node_forwarding_pb2_grpc as fpb_grpc
 from weightslabd.security.tls import CA_CERT, CLIENT_CERT, CLIENT_KEY, generate_certs
 
 from .harness import Daemon, base_env, free_port, history, set_hparams, wait_for
-from .test_distributed import DDP_TRAINER, applied, end, loss_steps, rank_log
+from .test_distributed import DDP_TRAINER, applied, assert_merged, end, loss_steps, rank_log
 
 NODES, PER_NODE = 2, 2
 WORLD = NODES * PER_NODE
@@ -98,14 +97,7 @@ def test_two_nodes_are_one_run_at_the_home_and_an_edit_lands_on_all_four_ranks_a
     # The home's curve: every step, the mean over all four ranks (node 1's forwarded); every sample's count
     # from all four.
     wait_for(lambda: sorted(loss_steps(home)) == steps, 10, "every step of every rank at the home")
-    points = {p.model_age: p.metric_value for p in history(home) if p.metric_name == "loss"}
-    for s in steps:
-        values = [v for log in logs for v in log[s]["losses"]]
-        assert points[s] == pytest.approx(sum(values) / len(values), rel=1e-4), f"step {s}"
-    records = home.GetDataSamples(pb.DataSamplesRequest(start_index=0, records_cnt=40), timeout=10).data_records
-    encounters = {r.sample_id: next(s.value[0] for s in r.data_stats if s.name == "encounters") for r in records}
-    expected = Counter(i for log in logs for d in log for i in set(d["ids"]))
-    assert encounters == {i: expected.get(i, 0) for i in range(40)}
+    assert_merged(home, logs, steps)
     assert {i for log in logs[2:] for d in log for i in d["ids"]}  # node 1's ranks drew samples too
 
     # Node 1's own Studio API serves no partial run: its one entry names the home.

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -14,15 +11,6 @@ from weightslab_shim.records import SEP
 from weightslabd.store.run import Run
 
 JOB = "job-" + "ab" * 8
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-    return value
 
 
 def step(s: int, rank: int) -> memoryview:

@@ -7,12 +7,10 @@ import os
 import shutil
 import socket
 import stat
-import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from waiting import wait_for
 
 from weightslabd.security.peers import Peer, PeerTable, identify
 from weightslabd.security.tls import (
@@ -111,16 +110,7 @@ def _refused(served: Served, credentials: grpc.ChannelCredentials) -> grpc.Statu
 
 
 def _reasons(served: Served) -> list[str]:
-    return [reason for _, reason in wait_for(lambda: list(served.refused), "the front to report the refusal")]
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-    return value
+    return [reason for _, reason in wait_for(lambda: list(served.refused), 10.0, "the front to report the refusal")]
 
 
 def _mixed_dir(tmp_path: Path, ca_from: Path, client_from: Path) -> Path:

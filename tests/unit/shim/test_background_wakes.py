@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zmq
+from waiting import wait_for
 
 from weightslab_shim import channel as channel_module
 from weightslab_shim import wire
@@ -26,14 +27,6 @@ from weightslab_shim.publisher import IDLE_WAIT, WAKE_AFTER, WAKE_HELD, WAKE_REC
 from weightslab_shim.ring import RecordType, RingReader, RingWriter, unlink
 from weightslab_shim.session import Session
 from weightslab_shim.tensors import Deferred, Staged
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
 
 
 class CountingEvent(threading.Event):

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
+from waiting import wait_for
 
 from weightslab_shim import records
 from weightslab_shim.records import SEP
@@ -34,15 +35,6 @@ from weightslabd.store.sample_signals import SliceCurve
 SPLITS = {"train": 48, "val": 12}
 IGNORED = "snapshot ignored, replaying the whole log"
 NO_H5 = RunOptions(save_predictions_h5=False)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-    return value
 
 
 class Feed:
