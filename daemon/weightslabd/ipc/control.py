@@ -36,6 +36,7 @@ from weightslabd.store.runs import RunRegistry
 
 log = structlog.get_logger("weightslabd.ipc.control")
 TICK = 0.1  # liveness checks, while trainers are attached
+DETACH_WAIT = 5.0  # seconds a new worker group waits for the last records of the one before it
 IDLE_POLL_MS = 1000  # the longest sleep with none attached (a frame or a poke wakes it at once)
 SHIM_MESSAGES = frozenset({wire.HELLO, wire.HEARTBEAT, wire.ACK, wire.REGISTER, wire.END, wire.CHECKPOINT})
 ANNOUNCED = "rings.json"  # in the runtime directory: the rings hellos named, for boot-time recovery
@@ -169,6 +170,7 @@ class ControlServer:
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
         self.rejected_frames = 0
         self.wakes = 0  # times the socket's thread woke: a frame, a poke or a liveness check
+        self._detaching: list[tuple[Run, threading.Thread]] = []  # final drains of dead trainers (this thread's)
         self._journaler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-journal")
         self.heartbeat_hooks: list[Callable[[Attachment, wire.Message], None]] = []  # e.g. evaluation progress
         self.forwarding: Forwarding | None = None  # set on a forwarding node (nodes/)
@@ -504,6 +506,14 @@ class ControlServer:
             current = dict(run.group)
         if job == current.get("job") and restart <= int(current.get("restart", 0)):
             return int(current.get("slot", 0))
+        # The group it follows may have died a moment ago, its ranks' rings not yet read to the end: every
+        # record they hold is applied first, so that the new group counts on past every step they named
+        # (a restart without a checkpoint) whatever the ingest threads' lag.
+        for detached_run, thread in list(self._detaching):  # ranks found dead: their final drains
+            if detached_run is run:
+                thread.join(timeout=DETACH_WAIT)
+        for att in [a for a in list(self.attachments.values()) if a.run is run and not a.forwarded]:
+            att.drain.drain_all()  # ranks not found dead yet (the drain's lock keeps its thread out)
         group = run.new_worker_group(job, restart, world_size)
         found = checkpoints.resume_from(run)
         resumed_from = f"{found['hash']}@{found['step']}" if found else None  # what its welcome names
@@ -555,8 +565,10 @@ class ControlServer:
                 log.warning("trainer died; run marked crashed", sender=att.label, step=att.run.step)
                 self.attachments.pop(att.identity, None)
                 # The final drain may take seconds: off this thread, which every other trainer needs.
-                threading.Thread(target=self._detach_logged, args=(att, "crashed"), name="detach",
-                                 daemon=True).start()
+                thread = threading.Thread(target=self._detach_logged, args=(att, "crashed"), name="detach",
+                                          daemon=True)
+                self._detaching = [(run, t) for run, t in self._detaching if t.is_alive()] + [(att.run, thread)]
+                thread.start()
             elif now - att.last_seen > self.heartbeat_timeout and not att.stalled:
                 att.stalled = True
                 log.warning("trainer silent but alive", sender=att.label, silent_s=round(now - att.last_seen, 1),
