@@ -4,6 +4,11 @@ full input, copied on the training thread, in its own dtype) and as they are sen
 (`previews.reduce`: picked, thinned to at most 256 px a side and 8-bit, all of it off the training
 thread for a CPU batch). Both paths run in the same process, interleaved.
 
+Then what the training thread pays to offer a batch (`PreviewOffers`): picked on the training thread as
+before (the lookup of the samples the daemon lacks, their image paths and whether the daemon can read
+them, the fields of the record) against kept for the publisher's thread as now, for a batch whose
+samples have no file and for one whose samples are image files the daemon reads.
+
 Then what the daemon pays (`--daemon-only` runs only this): the daemon's own run store
 (`Run.apply_record`, as its ingest thread calls it; default settings, so preload on with 2,000
 cached thumbnails, and again with WL_PRELOAD_IMAGE_OVERVIEW off) is fed the records a first epoch
@@ -34,10 +39,11 @@ import torch
 from PIL import Image
 
 from weightslab_shim import records
+from weightslab_shim.preview_offers import Fields, PreviewOffers
+from weightslab_shim.preview_offers import take as _take
 from weightslab_shim.previews import reduce
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
-from weightslab_shim.session import _take
 from weightslab_shim.tensors import hold
 from weightslabd.store.run import Run, RunOptions
 
@@ -69,6 +75,33 @@ def measure(shape: tuple[int, ...], repeats: int) -> dict[str, tuple[float, floa
             publish.append(publish_us)
             out[name] = (train, publish, array.nbytes // BATCH)
     return {k: (statistics.median(t), statistics.median(p), b) for k, (t, p, b) in out.items()}
+
+
+def offer_costs(repeats: int, folder: Path) -> dict[str, tuple[float, float]]:
+    """Training-thread µs (thread CPU, median) to offer one CIFAR-sized batch of 64 new samples: picked
+    there (before) and kept for the publisher (now); without files, and with each sample's image file."""
+    batch, ids, targets = torch.rand(BATCH, 3, 32, 32), torch.arange(BATCH), torch.zeros(BATCH, dtype=torch.long)
+    files = []
+    for i in range(BATCH):
+        files.append(folder / f"{i}.png")
+        files[-1].write_bytes(b"")  # only its existence and mode matter here
+    out = {}
+    for label, path_of in (("no files", None), ("image files", lambda i: str(files[i]))):
+        times: dict[str, list[float]] = {"before": [], "now": []}
+        for _ in range(repeats):
+            for name in times:
+                offers = PreviewOffers()
+                offers.budget, offers.reads_files = 8 << 20, True
+                offers.register("train", BATCH)
+                fields: Fields = []
+                t0 = time.thread_time_ns()
+                if name == "before":
+                    offers.pick(fields, ("train", ids, batch, targets, path_of))
+                else:
+                    offers.offer("train", ids, batch, targets, path_of)
+                times[name].append((time.thread_time_ns() - t0) / 1000)
+        out[label] = (statistics.median(times["before"]), statistics.median(times["now"]))
+    return out
 
 
 def natural(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -179,6 +212,11 @@ def main() -> None:
         r = measure(shape, repeats)
         (ta, pa, ba), (tb, pb, bb) = r["after"], r["before"]
         print(f"{label:<20} {ta:>9.0f} {tb:>9.0f} {pa:>10.0f} {pb:>9.0f} {ba:>9d} {bb:>9d}")
+    print(f"\nOffering a batch of {BATCH} new 3x32x32 samples, training-thread CPU µs, median of {repeats}")
+    print(f"{'samples':<20} {'picked there (before)':>22} {'kept for the publisher (now)':>29}")
+    with tempfile.TemporaryDirectory() as folder:
+        for label, (was, now) in offer_costs(repeats, Path(folder)).items():
+            print(f"{label:<20} {was:>22.1f} {now:>29.1f}")
     daemon_table(8 if args.quick else args.steps)
 
 

@@ -290,12 +290,12 @@ class Evaluator:
         s = self.s
         fields, s._fields = s._fields, []
         fields = [(_split_scalar(name, req.split), value) for name, value in fields]
-        previews, s._previews = s._previews, []
+        previews = s.previews.take()
         if s.publisher is None:
             return
         if fields:
             s.publisher.submit(RecordType.EVAL, s.step, fields)
-        if previews:
+        if previews is not None:
             s.publisher.submit(RecordType.PREVIEW, s.step, previews)
 
     def _measure(self, now: float) -> None:

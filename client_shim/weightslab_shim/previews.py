@@ -101,11 +101,22 @@ def to_uint8(batch: np.ndarray, *, scratch: bool = False) -> np.ndarray:
     in_place = scratch and finite is None and data is batch and data.flags.writeable
     scaled = np.multiply(data, scale.astype(data.dtype), out=data if in_place else None)
     scaled += (offset + 0.5).astype(data.dtype)  # + 0.5: round half up on the truncating cast
-    np.clip(scaled, 0.5, 255.5, out=scaled)  # the same as clipping to 0..255 before adding the half
+    if finite is not None or not _within_rounding(lo, hi):
+        np.clip(scaled, 0.5, 255.5, out=scaled)  # the same as clipping to 0..255 before adding the half
     out = scaled.astype(np.uint8)
     if finite is not None:
         out[~finite] = 0
     return out
+
+
+def _within_rounding(lo: np.ndarray, hi: np.ndarray) -> bool:
+    """Whether every sample's scaled values stay within [0, 256) before the cast with no clip: each maps
+    [lo, hi] onto [0, 255] (+ 0.5), and its rounding error, at most a few float32 ulps of the largest
+    magnitude it multiplies, is far below 0.5 unless that magnitude dwarfs the sample's range."""
+    lo, hi = lo.astype(np.float64), hi.astype(np.float64)
+    small = (lo >= -1.0) & (hi <= 1.0)  # [0, 1] and [-1, 1]: scaled by at most 255
+    half_span = hi * 0.5 - lo * 0.5  # halves: hi - lo can overflow near the float maximum
+    return bool(np.all(small | (lo == hi) | (np.maximum(np.abs(lo), np.abs(hi)) * 5e-4 <= half_span)))
 
 
 def _affine(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,9 @@ woken for each record. Once WAKE_RECORDS records wait, or the oldest has waited 
 when the training thread records a loss, right before backward, whose engine runs without the GIL; or
 at once when twice that is waiting (a loop that records no loss), or when the inputs kept for previews
 reach WAKE_HELD bytes. With nothing new the thread looks again every IDLE_WAIT by itself.
+
+A record's fields are a list, or a `Build`: an object that gives them when called, here, right before the
+record is written (a preview record picks its samples then, see preview_offers.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from . import records
 from .records import SEP
@@ -34,17 +37,29 @@ WAKE_AFTER = 0.05  # seconds
 WAKE_HELD = 16 << 20  # bytes of the user's inputs kept alive for previews not yet reduced
 IDLE_WAIT = 0.25  # seconds: a record never waits longer for a wake
 
-Fields = list[tuple[str, Any]]  # (name, Staged | Lazy)
+Fields = list[tuple[str, Any]]  # (name, Staged | Lazy | Deferred)
+
+
+class Build(Protocol):
+    """A record's fields, made on the publisher's thread when it is written."""
+
+    held: int  # bytes of the user's data it keeps alive until then
+
+    def ready(self) -> bool: ...  # noqa: D102 - device copies it waits for are done
+    def __call__(self) -> Fields: ...  # noqa: D102 - the fields (the same ones if called again)
+
+
+Content = Fields | Build
 
 
 class Publisher:
-    def __init__(self, ring: RingWriter, on_dropped: Callable[[int, Fields], None]) -> None:
+    def __init__(self, ring: RingWriter, on_dropped: Callable[[int, Content], None]) -> None:
         self.ring = ring
         self.dropped = 0  # records dropped because this thread was behind (the ring counts its own)
         self.errors = 0
         self._reported: set[str] = set()
         self._on_dropped = on_dropped
-        self._queue: deque[tuple[int, int, Fields]] = deque()
+        self._queue: deque[tuple[int, int, Content]] = deque()
         self._wake = threading.Event()
         self._idle = threading.Event()  # set when the queue has run empty (flush waits on it)
         self._submitted = 0  # records queued (the training thread counts them)
@@ -60,7 +75,7 @@ class Publisher:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, rtype: int, step: int, fields: Fields) -> None:
+    def submit(self, rtype: int, step: int, fields: Content) -> None:
         if len(self._queue) >= MAX_QUEUE:
             self.dropped += 1
             self._on_dropped(rtype, fields)
@@ -71,8 +86,11 @@ class Publisher:
         if not self._unwoken:
             self._since = now
         self._unwoken += 1
-        if rtype == RecordType.PREVIEW:
-            self._held += sum(getattr(value, "held", 0) for _, value in fields)
+        if isinstance(fields, list):
+            if rtype == RecordType.PREVIEW:
+                self._held += sum(getattr(value, "held", 0) for _, value in fields)
+        else:
+            self._held += fields.held
         if self._held >= WAKE_HELD or self._unwoken >= 2 * WAKE_RECORDS or now - self._since >= 2 * WAKE_AFTER:
             self.wake()
         elif self._unwoken >= WAKE_RECORDS or now - self._since >= WAKE_AFTER:
@@ -133,7 +151,7 @@ class Publisher:
         """Write what is ready, in order; True if the head still waits for a device copy."""
         while self._queue:
             rtype, step, fields = self._queue[0]
-            if not all(value.ready() for _, value in fields):
+            if not (fields.ready() if not isinstance(fields, list) else all(value.ready() for _, value in fields)):
                 return True
             self._queue.popleft()
             self._write(rtype, step, fields)
@@ -156,7 +174,10 @@ class Publisher:
                                      "(ignored; training continues)\n")
         return out
 
-    def _write(self, rtype: int, step: int, fields: Fields) -> None:
+    def _write(self, rtype: int, step: int, content: Content) -> None:
+        fields = content if isinstance(content, list) else content()
+        if not fields:
+            return  # a built record with nothing in it (its samples had been sent already)
         prepared = records.prepare(self._arrays(fields))
         size = records.encoded_size(prepared)
         view = self.ring.reserve(rtype, step, size)

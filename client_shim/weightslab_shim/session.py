@@ -25,19 +25,16 @@ from .channel import ControlChannel
 from .checkpoints import Checkpointer
 from .distributed import StepSync, job_of, node_rank_of, restart_of
 from .evaluation import Evaluator, cancel_message
-from .previews import preview_bytes
-from .previews import reduce as reduce_previews
-from .publisher import Publisher
+from .preview_offers import PREVIEW_BYTES_SHARE, PreviewOffers
+from .publisher import Content, Publisher
 from .records import SEP
 from .ring import RecordType, RingWriter
 from .runtime import CONTROL_SOCKET, control_endpoint, new_run_id, private_dir_problem, resolve_runtime_dir, ring_prefix
-from .tensors import F32, F64, I64, Deferred, Lazy, Staged, hold, to_numpy
+from .tensors import F32, F64, I64, Deferred, Lazy, Staged, hold
 
 RING_MB_DEFAULT = 32
-PREVIEWS_PER_STEP = 64
 END_TIMEOUT = 3.0
 
-PREVIEW_BYTES_SHARE = 4  # previews of one step take at most 1/4 of the largest record
 CLOSE_FLUSH_SECONDS = 2.0
 
 Fields = list[tuple[str, Staged | Lazy | Deferred]]
@@ -69,7 +66,6 @@ class Session:
         script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("run")
         self.script_dir = str(script.resolve().parent)
         self._script_dir_id = _file_id(self.script_dir)  # lets the daemon tell whether it sees our files
-        self.daemon_reads_files = False  # its welcome says: then samples with an image file send no pixels
         self.run_name = env.get("WEIGHTSLAB_RUN_NAME") or script.stem or "run"
         self.run_id = new_run_id(self.run_name)
         self.ring_bytes = int(_positive(env, "WEIGHTSLAB_RING_MB", RING_MB_DEFAULT) * 1024 * 1024)
@@ -90,12 +86,9 @@ class Session:
         self.inbox: deque[wire.Message] = deque()
         self._cond = threading.Condition()
         self._fields: Fields = []
-        self._previews: Fields = []
+        self.previews = PreviewOffers()  # the batches offered for previews, and which samples the daemon has
         self._hp_dirty = True
         self._hp_sent: dict[str, Any] = {}
-        self._have_previews: dict[str, np.ndarray] = {}
-        self._missing: dict[str, tuple[np.ndarray, int, int]] = {}  # per split: (`have`, samples it lacks, gen)
-        self._unmarked = 0  # previews given back after a drop, so far
         self._pid = os.getpid()
         self._closed = False
         self.ring: RingWriter | None = None
@@ -127,6 +120,7 @@ class Session:
         except OSError as exc:
             sys.stderr.write(f"weightslab: no shared-memory ring ({exc}); training continues unobserved\n")
             return
+        self.previews.budget = self.ring.max_record // PREVIEW_BYTES_SHARE
         self.publisher = Publisher(self.ring, self._dropped)
         self.publisher.start()
         self.channel = ControlChannel(control_endpoint(self.runtime_dir), self._hello, self._heartbeat,
@@ -194,9 +188,8 @@ class Session:
         kind = msg["type"]
         if kind == wire.WELCOME:
             self.hp_sync = bool(msg.get("hp_sync", True))
-            self.daemon_reads_files = msg.get("reads_files") is True
             self._hp_dirty = True
-            self._set_have_previews(msg.get("previews") or {})
+            self.previews.welcome(msg.get("previews") or {}, self.splits, msg.get("reads_files") is True)
             with self._cond:  # a resume's load goes first, before the edits the daemon re-sends after this
                 self.checkpoints.on_welcome(msg, self.inbox)
         elif cancel_message(msg):  # here, not at a boundary: a pass holds the training thread
@@ -209,14 +202,9 @@ class Session:
                 self._cond.notify_all()
             self.checkpoints.on_command()
 
-    def _set_have_previews(self, have: Mapping[str, str]) -> None:
-        for split, size in list(self.splits.items()):
-            packed = have.get(split)
-            self._have_previews[split] = wire.unpack_mask(packed, size) if packed else np.zeros(size, dtype=bool)
-
     def register_split(self, name: str, size: int) -> None:
         self.splits[name] = size
-        self._have_previews.setdefault(name, np.zeros(size, dtype=bool))
+        self.previews.register(name, size)
         self._announce()
 
     def register_hparams(self, hp: dict[str, Any]) -> None:
@@ -254,7 +242,7 @@ class Session:
             self.step += 1
         if os.getpid() != self._pid or self._closed:
             self._fields.clear()
-            self._previews.clear()
+            self.previews.take()
             return
         if self.hp_sync and self.hparams and (self._hp_dirty or _differs(self.hparams, self._hp_sent)):
             self._hp_sent = dict(self.hparams)  # user code may change the dict too: compare each step
@@ -266,10 +254,9 @@ class Session:
             fields, self._fields = self._fields, []
             if publisher is not None:
                 publisher.submit(RecordType.STEP if training else RecordType.EVAL, step, fields)
-        if self._previews:
-            fields, self._previews = self._previews, []
-            if publisher is not None:
-                publisher.submit(RecordType.PREVIEW, step, fields)
+        previews = self.previews.take()
+        if previews is not None and publisher is not None:
+            publisher.submit(RecordType.PREVIEW, step, previews)
         if self.step >= self.checkpoints.auto_at and training:
             self.checkpoints.auto()
 
@@ -402,74 +389,15 @@ class Session:
     @never_raises
     def note_inputs(self, split: str, ids: Any, inputs: Any, targets: Any = None,
                     path_of: Callable[[int], str | None] | None = None) -> None:
-        """Queue the inputs of samples the daemon has no preview of yet (bounded per step)."""
-        have = self._have_previews.get(split)
-        if have is None or self.channel is None or not self.channel.attached.is_set():
-            return
-        missing, gen = self._missing.get(split), self._unmarked
-        if missing is not None and missing[0] is have and missing[1] == 0 and missing[2] == gen:
-            return  # the daemon has every sample's preview: nothing to look up (later epochs)
-        id_arr = to_numpy(ids).astype(np.int64, copy=False).reshape(-1)
-        in_range = (id_arr >= 0) & (id_arr < have.size)
-        need = np.flatnonzero(in_range & ~have[np.where(in_range, id_arr, 0)])[:PREVIEWS_PER_STEP]
-        if need.size == 0 or self.ring is None:
-            return
-        paths: list[str | None] = []
-        if path_of is None:
-            pixels, named, by_file = need, need[:0], None
-        else:
-            paths = [path_of(int(i)) for i in id_arr[need]]
-            # A sample whose image file the daemon reads too sends only the path (the daemon's thumbnails
-            # come from the file, at full resolution); the others send their input, thinned and 8-bit.
-            by_file = np.array([bool(p) and self.daemon_reads_files and _readable(p) for p in paths], dtype=bool)
-            pixels, named = need[~by_file], need[by_file]
-        per_sample = max(1, preview_bytes(inputs, None, 1))
-        budget = self.ring.max_record // PREVIEW_BYTES_SHARE - sum(s.nbytes() for _, s in self._previews)
-        pixels = pixels[: max(0, budget // per_sample)]
-        if pixels.size == 0 and named.size == 0:
-            return  # too big for this step's share: these samples are offered again when seen again
-        n = len(self._previews)
-        if named.size and by_file is not None:
-            have[id_arr[named]] = True
-            self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(id_arr[named].astype(np.int64))))
-            self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field(
-                {"paths": [paths[int(i)] for i in np.flatnonzero(by_file)]}))))
-            if targets is not None:
-                self._previews.append((f"ptgt{SEP}{split}{SEP}{n}", hold(_take(targets, named))))
-            n += 1
-        if pixels.size:
-            whole = pixels.size == id_arr.size  # every sample of the batch, in order (a first epoch): no picking
-            chosen = id_arr.copy() if whole else id_arr[pixels]
-            have[chosen] = True
-            self._previews.append((f"pids{SEP}{split}{SEP}{n}", Staged(chosen)))
-            self._previews.append((f"x{SEP}{split}{SEP}{n}", reduce_previews(inputs, None if whole else pixels)))
-            if targets is not None:
-                self._previews.append((f"ptgt{SEP}{split}{SEP}{n}",
-                                       hold(targets if whole else _take(targets, pixels))))
-            if by_file is not None:
-                sent_paths = [paths[int(i)] for i in np.flatnonzero(~by_file)][: pixels.size]
-                if any(sent_paths):  # a file the daemon may still read better than the thinned tensor
-                    self._previews.append((f"xpath{SEP}{split}{SEP}{n}", Staged(records.json_field(
-                        {"paths": sent_paths}))))
-        # Samples still without a preview: counted down as they are sent, and counted again where the
-        # count reaches 0 (a batch may hold an id twice), so that later epochs skip the lookup above.
-        left = missing[1] - pixels.size - named.size if missing is not None and missing[0] is have else 0
-        if left <= 0:
-            left = have.size - int(np.count_nonzero(have))
-        self._missing[split] = (have, left, gen)  # a drop meanwhile (another `gen`) voids a 0
+        """Offer a batch's inputs for previews: those of samples the daemon has none of are sent (bounded per
+        step; picked off the training thread, see preview_offers.py)."""
+        if self.channel is not None and self.channel.attached.is_set():
+            self.previews.offer(split, ids, inputs, targets, path_of)
 
-    def _dropped(self, rtype: int, fields: Fields) -> None:
+    def _dropped(self, rtype: int, fields: Content) -> None:
         """The publisher could not write a record: previews in it are offered again later."""
         if rtype == RecordType.PREVIEW:
-            self._unmark_previews(fields)
-
-    def _unmark_previews(self, fields: Fields) -> None:
-        for name, staged in fields:
-            parts = name.split(SEP)
-            have = self._have_previews.get(parts[1]) if parts[0] == "pids" else None
-            if have is not None:
-                have[staged.array()] = False
-                self._unmarked += 1  # a count of 0 taken before this no longer holds
+            self.previews.unmark(fields)
 
 
 def _ids_arg(args: Mapping[str, Any], size: int) -> np.ndarray:
@@ -522,22 +450,6 @@ def _file_id(path: str) -> list[int] | None:
     except OSError:
         return None
     return [st.st_dev, st.st_ino]
-
-
-def _readable(path: str | None) -> bool:
-    return bool(path) and os.access(str(path), os.R_OK)
-
-
-def _take(values: Any, idx: np.ndarray) -> Any:
-    if hasattr(values, "detach"):
-        import torch  # only reached with a torch tensor in hand
-
-        index = torch.from_numpy(idx)
-        if values.is_cuda:  # a pinned, non-blocking upload: a pageable one would wait for the stream
-            index = index.pin_memory().to(values.device, non_blocking=True)
-        return values[index]
-    return np.asarray(values)[idx]
-
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 import torch
 import zmq
+from waiting import wait_for
 
-from weightslab_shim import wire
+from weightslab_shim import records, wire
+from weightslab_shim.preview_offers import PreviewOffers
+from weightslab_shim.ring import RecordType, RingReader
 from weightslab_shim.runtime import control_endpoint
 from weightslab_shim.session import Session
 from weightslab_shim.tensors import Staged
@@ -54,11 +57,10 @@ def attached(tmp_path: Path) -> Iterator[Session]:
 
 
 def sent(session: Session) -> list[int]:
-    """Sample ids of the previews queued since the last call (the step's preview fields)."""
-    ids = [int(i) for name, value in session._previews if name.startswith("pids")
-           for i in value.array()]
-    session._previews.clear()
-    return ids
+    """Sample ids of the previews this step's record carries (built here, as the publisher would)."""
+    record = session.previews.take()
+    fields = [] if record is None else record if isinstance(record, list) else record()
+    return [int(i) for name, value in fields if name.startswith("pids") for i in value.array()]
 
 
 def note(session: Session, ids: list[int]) -> list[int]:
@@ -87,5 +89,46 @@ def test_a_dropped_preview_is_sent_again(attached: Session) -> None:
     assert note(attached, [0, 1, 2, 3, 4, 5]) == [0, 1, 2, 3, 4, 5]
     assert note(attached, [2]) == []
     # The publisher could not write the record of 2 and 3 (ring full): they are offered again.
-    attached._unmark_previews([("pids\x1ftrain\x1f0", Staged(np.array([2, 3])))])
+    attached.previews.unmark([("pids\x1ftrain\x1f0", Staged(np.array([2, 3])))])
     assert note(attached, [2, 3, 4]) == [2, 3]
+
+
+def test_a_cpu_batch_is_picked_and_reduced_on_the_publishers_thread(attached: Session,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training thread only keeps the batch; the lookup and the 8-bit reduction run where the record
+    is written, and the record in the ring carries every new sample's preview."""
+    threads: list[str] = []
+    real_pick = PreviewOffers.pick
+    monkeypatch.setattr(PreviewOffers, "pick", lambda self, fields, offer: threads.append(
+        threading.current_thread().name) or real_pick(self, fields, offer))
+    reader = RingReader(attached.ring.name)
+    try:
+        inputs = torch.rand(4, 3, 8, 8)
+        attached.begin_step()
+        attached.note_inputs("train", torch.tensor([5, 2, 0, 2]), inputs, torch.tensor([1, 2, 3, 2]))
+        assert threads == []  # nothing looked up on the training thread
+        attached.end_step(training=True)
+        assert attached.flush(5)
+        assert threads == ["weightslab-publisher"]
+        previews = wait_for(lambda: [records.decode(r.payload) for r in reader.records()
+                                     if r.type == RecordType.PREVIEW], 5, "the preview record in the ring")
+        assert len(previews) == 1
+        fields = previews[0]
+        assert fields["pids\x1ftrain\x1f0"].tolist() == [5, 2, 0, 2]
+        assert fields["ptgt\x1ftrain\x1f0"].tolist() == [1, 2, 3, 2]
+        pixels = fields["x\x1ftrain\x1f0"]
+        assert pixels.dtype == np.uint8 and pixels.shape == (4, 3, 8, 8)
+        assert np.array_equal(pixels[0], np.floor(inputs[0].numpy() * 255 + 0.5).astype(np.uint8))
+        assert attached.previews.have["train"].tolist() == [True, False, True, False, False, True]
+    finally:
+        reader.close()
+
+
+def test_a_built_record_that_fails_to_be_written_gives_its_samples_back(attached: Session) -> None:
+    """The publisher hands the record itself back when writing it raised: what its build marked is unmarked."""
+    attached.note_inputs("train", torch.tensor([1, 2]), torch.rand(2, 3, 4, 4))
+    record = attached.previews.take()
+    assert record is not None and not isinstance(record, list)
+    assert [int(i) for name, value in record() if name.startswith("pids") for i in value.array()] == [1, 2]
+    attached._dropped(RecordType.PREVIEW, record)
+    assert note(attached, [2, 1, 3]) == [2, 1, 3]

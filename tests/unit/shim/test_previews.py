@@ -52,6 +52,26 @@ def test_the_rules_are_the_documented_ones() -> None:
     assert to_uint8(np.array([[[np.nan, 0.0, 1.0]]])).tolist() == [[[0, 0, 255]]]  # NaN left out, black
 
 
+def clipped(batch: np.ndarray) -> np.ndarray:
+    """The 8-bit rule in float64 with the clip always applied: what every sample must come out as."""
+    data = batch.astype(np.float64).reshape(len(batch), -1)
+    lo, hi = data.min(axis=1, keepdims=True), data.max(axis=1, keepdims=True)
+    unit, signed = (lo >= 0) & (hi <= 1), (lo >= -1) & (hi <= 1)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    scaled = np.where(unit, data * 255, np.where(signed, (data + 1) * 127.5, (data - lo) * 255 / span))
+    return np.floor(np.clip(scaled, 0, 255) + 0.5).astype(np.uint8).reshape(batch.shape)
+
+
+def test_the_clip_is_left_out_only_where_rounding_cannot_wrap_a_value() -> None:
+    """Values far from 0 with a narrow range: float32 steps of 16 at 2.5e8 would wrap 255 to 0 unclipped."""
+    far = (1e6 + RNG.random((2, 3, 8, 8))).astype(np.float32)
+    near = (RNG.normal(size=(2, 3, 8, 8)) * 5 + 20).astype(np.float32)
+    for batch in (far, near, np.concatenate([near, far]), RNG.random((2, 8, 8), dtype=np.float32)):
+        got, want = to_uint8(batch.copy(), scratch=True).astype(int), clipped(batch).astype(int)
+        assert np.abs(got - want).max() <= (17 if batch.min() > 1e5 else 1)  # float32 rounding, never a wrap
+        assert got.reshape(len(batch), -1).max(axis=1).min() >= 238  # each sample's top stays near white
+
+
 @pytest.mark.parametrize(("shape", "kept"), [
     ((3, 224, 224), (3, 224, 224)),   # the modal's full resolution for ImageNet-sized inputs
     ((3, 512, 512), (3, 256, 256)),
