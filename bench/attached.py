@@ -7,7 +7,11 @@ process trains the same model over and over in blocks, each block a new shim ses
 first epoch (the attached shim sends each sample's input once as a preview) and then --steps later
 steps. Sessions alternate between a runtime directory where the benchmark's daemon runs (attached) and
 one where no daemon ever runs (detached), in the order A B B A (so a steady drift of the machine
-cancels); each attached block is compared with the detached block beside it. Each step is timed and
+cancels); each attached block is compared with the detached block beside it. Each session starts once
+the daemon has gone quiet (`overhead.quiet_cpu`): the end of the run before (written at rest) would
+otherwise fall into the next session's first epoch, on 2 cores a ~1.5 % cost that has nothing to do
+with the session measured (with no preview sent at all, the first epoch's attached/detached measured
+1.015-1.157 without the wait, 0.995-1.001 with it). Each step is timed and
 split as `overhead.py` does (own time = wall - run-queue wait; thread CPU; CPU inside the shim's calls).
 --processes repeats all of it in fresh processes, and the ratios of all of them are pooled. As in
 `overhead.py`, malloc's thresholds are fixed (`overhead.FIXED_MALLOC`) unless --default-malloc.
@@ -34,6 +38,7 @@ from weightslab_shim.ring import list_rings, unlink  # noqa: E402
 from weightslab_shim.runtime import ring_prefix  # noqa: E402
 
 MEASURES = ("own", "cpu", "shim", "blocked")
+QUIET_ABOVE = 0.01  # the daemon between sessions, no trainer attached: ~0.2 % of a core (heartbeats, checks)
 ORDER = (True, False, False, True)  # attached, detached, detached, attached: A B B A
 
 
@@ -46,8 +51,12 @@ def blocks(pairs: int, steps: int, runtime: Path, alone: Path, scratch: Path, sp
     dataset, model, optimizer, criterion = overhead.problem()
     clock = overhead.ThreadClock()
     out: list[dict[str, Any]] = []
+    daemon_pid = overhead.daemon_pid(runtime)
+    if daemon_pid is None:
+        raise RuntimeError(f"no daemon.json in {runtime}")
     for i in range(2 * pairs):
         attached = ORDER[i % len(ORDER)]
+        overhead.quiet_cpu(daemon_pid, QUIET_ABOVE)  # the run before is at rest: not in this session
         os.environ["WEIGHTSLAB_RUNTIME_DIR"] = str(runtime if attached else alone)
         weightslab_shim._session = None  # a new session, a new run: its first epoch sends previews again
         loop = overhead.ShimLoop(attached, dataset, model, optimizer, criterion)

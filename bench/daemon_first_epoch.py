@@ -21,24 +21,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 import overhead  # noqa: E402
 from support.daemon import daemon_env, running_daemon, scratch_dir  # noqa: E402
 
-QUIET_CPU_S = 0.003  # the daemon is quiet when it used less than this over QUIET_WINDOW_S, above its rate at rest
-QUIET_WINDOW_S = 0.3
-QUIET_TIMEOUT_S = 60.0
 REST_WINDOW_S = 2.0
 REST_LIMIT = 0.05  # at most 5 % of a core at rest, else the measure is meaningless
 
 
 def quiet_cpu(root: Path, rest_rate: float) -> tuple[float, float]:
-    """(CPU seconds, monotonic time) once the daemon has stopped working on what it was sent."""
-    deadline = time.monotonic() + QUIET_TIMEOUT_S
-    before, began = overhead.daemon_cpu(root), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(QUIET_WINDOW_S)  # a measuring window, not a synchronisation
-        now, at = overhead.daemon_cpu(root), time.monotonic()
-        if before is not None and now is not None and now - before - rest_rate * (at - began) < QUIET_CPU_S:
-            return now, at
-        before, began = now, at
-    raise SystemExit(f"the daemon did not go quiet within {QUIET_TIMEOUT_S:.0f} s")
+    """(CPU seconds, monotonic time) once the benchmark's daemon has stopped working on what it was sent."""
+    pid = overhead.daemon_pid()
+    if pid is None:
+        raise SystemExit("the daemon's daemon.json has no pid")
+    return overhead.quiet_cpu(pid, rest_rate)
 
 
 def rest_rate(root: Path) -> float:

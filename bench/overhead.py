@@ -272,9 +272,11 @@ def pin_process(pid: int, cpus: set[int]) -> None:
             pass
 
 
-def daemon_pid() -> int | None:
+def daemon_pid(runtime: Path | None = None) -> int | None:
+    """The pid of the daemon of `runtime` (default: $WEIGHTSLAB_RUNTIME_DIR), from its daemon.json."""
     try:
-        return int(json.loads((Path(os.environ["WEIGHTSLAB_RUNTIME_DIR"]) / "daemon.json").read_text())["pid"])
+        folder = runtime if runtime is not None else Path(os.environ["WEIGHTSLAB_RUNTIME_DIR"])
+        return int(json.loads((folder / "daemon.json").read_text())["pid"])
     except (OSError, KeyError, ValueError):
         return None
 
@@ -292,6 +294,25 @@ def process_cpu(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+QUIET_CPU_S = 0.003  # the daemon is quiet when it used less than this over QUIET_WINDOW_S, above its rate at rest
+QUIET_WINDOW_S = 0.3
+QUIET_TIMEOUT_S = 60.0
+
+
+def quiet_cpu(pid: int, rest_rate: float) -> tuple[float, float]:
+    """(CPU seconds, monotonic time) once daemon `pid` has stopped working on what it was sent: it used
+    less than QUIET_CPU_S over a window, above `rest_rate` (its CPU seconds per second at rest)."""
+    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    before, began = process_cpu(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(QUIET_WINDOW_S)  # a measuring window, not a synchronisation
+        now, at = process_cpu(pid), time.monotonic()
+        if before is not None and now is not None and now - before - rest_rate * (at - began) < QUIET_CPU_S:
+            return now, at
+        before, began = now, at
+    raise SystemExit(f"the daemon did not go quiet within {QUIET_TIMEOUT_S:.0f} s")
 
 
 def daemon_cpu(scratch: Path) -> float | None:
