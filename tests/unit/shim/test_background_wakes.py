@@ -23,7 +23,7 @@ from waiting import wait_for
 from weightslab_shim import channel as channel_module
 from weightslab_shim import wire
 from weightslab_shim.channel import ControlChannel
-from weightslab_shim.publisher import IDLE_WAIT, WAKE_AFTER, WAKE_HELD, WAKE_RECORDS, Publisher
+from weightslab_shim.publisher import IDLE_WAIT, NUDGE_SETTLE, WAKE_AFTER, WAKE_HELD, WAKE_RECORDS, Publisher
 from weightslab_shim.ring import RecordType, RingReader, RingWriter, unlink
 from weightslab_shim.session import Session
 from weightslab_shim.tensors import Deferred, Staged
@@ -111,6 +111,42 @@ def test_inputs_held_for_previews_wake_the_publisher_at_once(publisher: tuple[Pu
     pub.submit(RecordType.PREVIEW, 1, [("x\x1ftrain\x1f0", big)])
     assert wakes.sets == 1  # the batches the previews keep alive add up to the bound: reduce them now
     wait_for(lambda: ring[1].written == 2, 5.0, "both previews in the ring")
+
+
+def test_a_preview_record_makes_a_wake_due_at_the_next_loss(publisher: tuple[Publisher, CountingEvent],
+                                                           ring: tuple[RingWriter, RingReader]) -> None:
+    """Its reduction is the heaviest work of a step: done in the next backward, one step at a time."""
+    pub, wakes = publisher
+    preview = Deferred(lambda: np.zeros((1, 4, 4), dtype=np.uint8), 16, held=1024)
+    pub.submit(RecordType.PREVIEW, 0, [("x\x1ftrain\x1f0", preview)])
+    assert wakes.sets == 0 and pub.due
+    pub.nudge()
+    assert wakes.sets == 1
+    wait_for(lambda: ring[1].written == 1, 5.0, "the preview in the ring")
+
+
+def test_a_nudged_wake_settles_before_it_takes_the_gil(publisher: tuple[Publisher, CountingEvent],
+                                                       ring: tuple[RingWriter, RingReader],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Woken as the trainer heads into backward, the thread sleeps NUDGE_SETTLE first; woken otherwise, not."""
+    pub, _ = publisher
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name == "weightslab-publisher":
+            slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    pub.submit(RecordType.STEP, 0, step_fields(0))
+    pub.wake()  # a plain wake (flush, pause): no settle
+    wait_for(lambda: ring[1].written == 1, 5.0, "the first record in the ring")
+    assert NUDGE_SETTLE not in slept
+    pub.submit(RecordType.PREVIEW, 1, [("x\x1ftrain\x1f0", Deferred(lambda: np.zeros((1, 4, 4), dtype=np.uint8), 16))])
+    pub.nudge()
+    wait_for(lambda: ring[1].written == 2, 5.0, "the preview in the ring")
+    assert slept.count(NUDGE_SETTLE) == 1
 
 
 def test_flush_waits_for_every_record_submitted(publisher: tuple[Publisher, CountingEvent],
