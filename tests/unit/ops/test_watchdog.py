@@ -152,7 +152,8 @@ def test_stuck_rpcs_restart_the_server_or_exit_after_the_threshold(exit_on_stuck
     stub = pb_grpc.ExperimentServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
     futures = [stub.GetDataSplits.future(pb.Empty(), timeout=20) for _ in range(3)]
     try:
-        assert until(lambda: len(calls.stuck(time.monotonic(), 0)) == 3)
+        # all three older than the dog's stuck_seconds before it starts: under load they begin far apart
+        assert until(lambda: len(calls.stuck(time.monotonic(), dog.stuck_seconds)) == 3)
         dog.start()
         if exit_on_stuck:
             assert until(lambda: exited == [1]) and not restarted.is_set()
