@@ -38,12 +38,15 @@ class Poke:
                 pass
 
     def clear(self) -> None:
-        """The owner, before it empties its queue: a later poke wakes it again."""
-        self._pending = False
+        """The owner, before it empties its queue: a later poke wakes it again. The pipe is emptied
+        before the flag is reset: the other way round, a poke in between would write a byte that the
+        read then takes, and leave the flag set over an empty pipe (every later poke a no-op, the owner
+        asleep until its own deadline)."""
         try:
             os.read(self._read, 4096)
         except OSError:  # nothing pending, or closed
             pass
+        self._pending = False
 
     def close(self) -> None:
         """Once no other thread can poke (a late poke is then a no-op)."""
