@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from .preview_offers import PathOf
 
 
 class DenyAwareBatchSampler:
@@ -80,9 +82,6 @@ class _Indexed:
                 return (item[0], index, item[1], *item[2:])
             return item[0], index, -1
         return item, index, -1
-
-
-PathOf = Callable[[int], "str | None"]
 
 
 def _path_lookup(dataset: Any, given: Any) -> PathOf | None:

@@ -166,7 +166,7 @@ class PreviewOffers:
 
     def unmark(self, fields: Content) -> None:
         """A record that could not be written: its samples are offered again when seen again."""
-        for name, staged in fields if isinstance(fields, list) else getattr(fields, "fields", []):
+        for name, staged in fields if isinstance(fields, list) else fields.fields:
             parts = name.split(SEP)
             have = self.have.get(parts[1]) if parts[0] == "pids" else None
             if have is not None:

@@ -52,6 +52,7 @@ class Build(Protocol):
     """A record's fields, made on the publisher's thread when it is written."""
 
     held: int  # bytes of the user's data it keeps alive until then
+    fields: Fields  # the fields made so far (what a dropped record gives back)
 
     def ready(self) -> bool: ...  # noqa: D102 - device copies it waits for are done
     def __call__(self) -> Fields: ...  # noqa: D102 - the fields (the same ones if called again)

@@ -25,19 +25,18 @@ from .channel import ControlChannel
 from .checkpoints import Checkpointer
 from .distributed import StepSync, job_of, node_rank_of, restart_of
 from .evaluation import Evaluator, cancel_message
-from .preview_offers import PREVIEW_BYTES_SHARE, PreviewOffers
+from .preview_offers import PREVIEW_BYTES_SHARE, Fields, PreviewOffers
 from .publisher import Content, Publisher
 from .records import SEP
 from .ring import RecordType, RingWriter
 from .runtime import CONTROL_SOCKET, control_endpoint, new_run_id, private_dir_problem, resolve_runtime_dir, ring_prefix
-from .tensors import F32, F64, I64, Deferred, Lazy, Staged, hold
+from .tensors import F32, F64, I64, Staged, hold
 
 RING_MB_DEFAULT = 32
 END_TIMEOUT = 3.0
 
 CLOSE_FLUSH_SECONDS = 2.0
 
-Fields = list[tuple[str, Staged | Lazy | Deferred]]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
