@@ -188,8 +188,9 @@ def reduce(inputs: Any, picked: np.ndarray | None) -> Staged | Deferred:
 def _reduce_host(batch: np.ndarray, picked: np.ndarray | None = None) -> np.ndarray:
     slices = spatial_slices(tuple(batch.shape[1:]))
     thinned = batch[slices] if slices else batch
-    mine = np.ascontiguousarray(thinned[picked]) if picked is not None else np.array(thinned, order="C")
-    return to_uint8(mine, scratch=True)  # a copy either way (fancy indexing copies): ours to overwrite
+    if picked is None:  # the user's memory, read only: the scaling's first pass writes a new array
+        return to_uint8(thinned)
+    return to_uint8(thinned[picked], scratch=True)  # fancy indexing copies: ours to overwrite
 
 
 def preview_bytes(batch: Any, picked: np.ndarray | None, count: int | None = None) -> int:
