@@ -12,7 +12,9 @@ the daemon has gone quiet (`overhead.quiet_cpu`): the end of the run before (wri
 otherwise fall into the next session's first epoch, on 2 cores a ~1.5 % cost that has nothing to do
 with the session measured (with no preview sent at all, the first epoch's attached/detached measured
 1.015-1.157 without the wait, 0.995-1.001 with it). Each step is timed and
-split as `overhead.py` does (own time = wall - run-queue wait; thread CPU; CPU inside the shim's calls).
+split as `overhead.py` does (own time = wall - run-queue wait; thread CPU; CPU inside the shim's calls);
+the run-queue wait is shown apart as well, since the wait own time leaves out may be the shim's own
+threads' (a woken publisher preempting the training thread), not only the machine's other load.
 --processes repeats all of it in fresh processes, and the ratios of all of them are pooled. As in
 `overhead.py`, malloc's thresholds are fixed (`overhead.FIXED_MALLOC`) unless --default-malloc.
 
@@ -176,11 +178,12 @@ def report(sessions: list[dict[str, Any]], pairs: int, steps: int, load: list[fl
     print()
     print("attached / detached, pair by pair: median [bootstrap 95 % interval]")
     print(f"  {'measure':<30}{'first epoch':>26}{'later epochs':>26}")
-    for measure, name in (("own", "own time (wall - run queue)"), ("cpu", "training thread CPU")):
+    for measure, name in (("own", "own time (wall - run queue)"), ("cpu", "training thread CPU"), ("wall", "wall")):
         print(f"  {name:<30}{fmt(paired(sessions, 'first', measure)):>26}{fmt(paired(sessions, 'later', measure)):>26}")
     print()
     print("attached - detached, as a share of the detached step's own time, pair by pair (%)")
-    for measure, name in (("shim", "CPU inside the shim's calls"), ("blocked", "blocked (GIL)")):
+    for measure, name in (("shim", "CPU inside the shim's calls"), ("blocked", "blocked (GIL)"),
+                          ("runq", "run-queue wait")):  # own time leaves it out; the shim's threads add some
         first = [100 * d for d in differences(sessions, "first", measure)]
         later = [100 * d for d in differences(sessions, "later", measure)]
         print(f"  {name:<30}{fmt(first, 2):>26}{fmt(later, 2):>26}")
