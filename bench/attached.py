@@ -19,6 +19,8 @@ threads' (a woken publisher preempting the training thread), not only the machin
 `overhead.py`, malloc's thresholds are fixed (`overhead.FIXED_MALLOC`) unless --default-malloc.
 
     .venv/bin/python bench/attached.py [--pairs N] [--steps N] [--processes P] [--quick] [--no-pin] [--apart]
+                                       [--json FILE]
+    .venv/bin/python bench/attached.py --pool FILE [FILE ...]   # earlier runs' pairs, reported together
 """
 
 from __future__ import annotations
@@ -129,7 +131,13 @@ def main() -> None:
                         "(more noise: see overhead.FIXED_MALLOC)")
     parser.add_argument("--json", type=Path, help="also write every session's figures to this file")
     parser.add_argument("--rounds", type=int, default=None, help="ignored (accepted for ./dev bench)")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON", help="measure nothing: report the "
+                        "sessions of earlier runs' --json files together (their pairs pooled)")
     args = parser.parse_args()
+    if args.pool:
+        pooled = [s for path in args.pool for s in json.loads(path.read_text())]
+        report(pooled, len(pooled) // 2, None, [], f"pooled from {len(args.pool)} runs' --json files", [])
+        return
     pairs, steps, processes = (2, 16, 1) if args.quick else (args.pairs, args.steps, args.processes)
     overhead.worker_environment(args.default_malloc)
     FORKSERVER.set_forkserver_preload(["torch", "torch._dynamo", "weightslab_shim"])
@@ -161,13 +169,17 @@ def main() -> None:
     report(sessions, pairs * processes, steps, load, placement, leftover)
 
 
-def report(sessions: list[dict[str, Any]], pairs: int, steps: int, load: list[float], placement: str,
+def report(sessions: list[dict[str, Any]], pairs: int, steps: int | None, load: list[float], placement: str,
            leftover: list[str]) -> None:
     fmt = overhead.fmt_ci
-    print(f"The shim attached to a daemon against detached, paired in one process: {pairs} pairs of sessions "
-          f"(A B B A), each a first epoch ({EPOCH} steps, 64 new samples a step) then {steps} later steps; "
-          f"load average {min(load):.2f}-{max(load):.2f}; {placement}; malloc thresholds "
-          + ("glibc's" if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None else "fixed"))
+    if steps is None:  # --pool: what the runs were is in their own reports
+        print(f"The shim attached to a daemon against detached, paired in one process: {pairs} pairs of sessions, "
+              f"{placement}")
+    else:
+        print(f"The shim attached to a daemon against detached, paired in one process: {pairs} pairs of sessions "
+              f"(A B B A), each a first epoch ({EPOCH} steps, 64 new samples a step) then {steps} later steps; "
+              f"load average {min(load):.2f}-{max(load):.2f}; {placement}; malloc thresholds "
+              + ("glibc's" if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None else "fixed"))
     print()
     print("µs a step (median over sessions of each session's median; blocked and in shim: means)")
     print(f"  {'':<10}{'epoch':<8}" + "".join(f"{m:>12}" for m in MEASURES))
