@@ -20,19 +20,12 @@ Python, while the trainer waits to get there. Settling first, its work falls ins
 2-core development VM: GIL waits of the trainer in a first epoch 0.29-0.34 % of a step, against
 1.9 % without the settle, `bench/attached.py`).
 
-The thread runs under SCHED_BATCH where the OS has it (Linux): woken while the trainer is on a core, it
-does not take that core from the trainer at once, but waits for an idle one or its turn. Without it, on a
-2-core machine whose other core was busy with the daemon, a woken publisher preempted the training thread
-(its run-queue wait in a first epoch 54-62 us a step, 19-21 us under SCHED_BATCH, `bench/attached.py`). Its
-share of the CPU is unchanged: only wake-up preemption is given up.
-
 A record's fields are a list, or a `Build`: an object that gives them when called, here, right before the
 record is written (a preview record picks its samples then, see preview_offers.py).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -147,7 +140,6 @@ class Publisher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        yield_on_wake()
         pending = False
         while not (self._stopping and not self._queue):
             self._wake.wait(POLL_PENDING if pending else IDLE_WAIT)
@@ -213,15 +205,3 @@ class Publisher:
             records.encode_into(view, prepared)
             self.ring.commit()
 
-
-def yield_on_wake() -> bool:
-    """Put the calling thread under SCHED_BATCH (no wake-up preemption of the thread on the core it wakes
-    on); False where the OS has no such policy or refuses it (the thread runs as it did)."""
-    batch = getattr(os, "SCHED_BATCH", None)
-    if batch is None:
-        return False
-    try:
-        os.sched_setscheduler(0, batch, os.sched_param(0))  # 0: the calling thread (Linux)
-    except OSError:
-        return False
-    return True

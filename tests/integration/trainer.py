@@ -81,7 +81,9 @@ def main() -> None:
     session = wl.session()
     session.flush()
     status = {"steps": session.step, "lr": optimizer.param_groups[0]["lr"], "hparams": hp, "seen": seen,
-              "step_of": steps_at_start, "dropped": session.dropped}
+              "step_of": steps_at_start, "dropped": session.dropped,
+              "dropped_by": {"ring": session.ring.dropped if session.ring else 0,
+                             "publisher": session.publisher.dropped if session.publisher else 0}}
     wl.close()
     with open(args.status, "w") as f:
         json.dump(status, f)

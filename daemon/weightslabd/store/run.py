@@ -144,6 +144,9 @@ class Run:
         self._rank_merge: RankGroups | None = merge if manifest.get("job") else None
         self.pending: dict[str, PendingCommand] = {}
         self.unacked_edits: dict[int, dict[str, Any]] = {}
+        # Per hyperparameter, the seq of the last journaled edit that set it: an older edit no longer owns it
+        # (not re-sent, and its late ack changes nothing), whether or not the newer one was acknowledged.
+        self._hp_owner: dict[str, int] = {}
         self._signal_home: dict[str, str] = {}
         self._seq = 0
         # What the records alone made, kept apart so a snapshot holds it exactly (see _capture):
@@ -636,6 +639,7 @@ class Run:
         if kind == "hparams":
             self.desired.update(entry["values"])
             self.unacked_edits[entry["seq"]] = entry
+            self._hp_owner.update(dict.fromkeys(entry["values"], entry["seq"]))
         elif kind == "deny":
             table = self.samples.get(entry["split"])
             if table is not None:
@@ -659,7 +663,7 @@ class Run:
         elif kind == "applied":
             done = self.unacked_edits.pop(int(entry["edit"]), None)
             if done is not None and done.get("kind") == "hparams":
-                for key, value in done["values"].items():
+                for key, value in self._owned(done).items():
                     if self.desired.get(key) == value:
                         del self.desired[key]  # applied, or refused by the trainer: no longer wanted
                     if entry.get("ok", True):
@@ -709,14 +713,19 @@ class Run:
                 hp["is_training"] = not self.paused
             return hp
 
+    def _owned(self, edit: dict[str, Any]) -> dict[str, Any]:
+        """The values of hyperparameter edit `edit` that no later edit has set again."""
+        return {k: v for k, v in edit["values"].items() if self._hp_owner.get(k) == edit["seq"]}
+
     def commands_to_resend(self) -> list[tuple[int, str, dict[str, Any]]]:
         """What a (re)attached trainer must be told: the unacked hyperparameter edits, in order, and
         the full deny state of every split (idempotent, so a repeat is harmless)."""
         with self.lock:
             out: list[tuple[int, str, dict[str, Any]]] = []
             for seq, entry in sorted(self.unacked_edits.items()):
-                if entry["kind"] == "hparams":
-                    out.append((seq, "set_hparams", dict(entry["values"])))
+                owned = self._owned(entry) if entry["kind"] == "hparams" else None
+                if owned:  # what a later edit set again is that edit's: re-sent, this one would undo it
+                    out.append((seq, "set_hparams", owned))
             for split, table in self.samples.splits.items():
                 out.append((0, "set_denied", {"split": split, "mask": wire.pack_mask(table.denied)}))
             return out

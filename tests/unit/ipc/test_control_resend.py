@@ -34,3 +34,27 @@ def test_unacked_discards_are_resent_under_their_edit_ids_in_journal_order(tmp_p
             assert [seq for seq, _, _ in unacked_denies(run)] == [second, third]
     finally:
         run.close()
+
+
+def test_an_old_unacked_edit_is_not_resent_over_a_newer_acknowledged_one(tmp_path: Path) -> None:
+    """A daemon killed between a trainer's ack and its journal entry leaves that edit unacked; a later edit of the
+    same hyperparameter, acknowledged, owns it then: re-sending the old value at the next attach would undo an
+    edit the user was told was applied. The same after a reopen (the journal replayed)."""
+    run = Run.create(tmp_path / "r", {"run_id": "r", "created": 0.0, "splits": {"train": 4}})
+    try:
+        old = run.journal_edit({"kind": "hparams", "values": {"learning_rate": 0.015, "batch_size": 8}})
+        new = run.journal_edit({"kind": "hparams", "values": {"learning_rate": 0.02}})
+        run.record_applied(new, 40, True)
+        resent = [(seq, args) for seq, op, args in run.commands_to_resend() if op == "set_hparams"]
+        assert resent == [(old, {"batch_size": 8})]  # the old edit's other value is still its own to send
+        run.record_applied(old, 41, True)  # its late ack: the newer value stays the daemon's
+        assert run.effective_hparams()["learning_rate"] == 0.02 and run.effective_hparams()["batch_size"] == 8
+        folder = run.folder
+    finally:
+        run.close()
+    run = Run.open(folder)
+    try:
+        assert run.effective_hparams()["learning_rate"] == 0.02
+        assert [op for _, op, _ in run.commands_to_resend() if op == "set_hparams"] == []
+    finally:
+        run.close()

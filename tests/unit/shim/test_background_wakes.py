@@ -23,20 +23,10 @@ from waiting import wait_for
 from weightslab_shim import channel as channel_module
 from weightslab_shim import wire
 from weightslab_shim.channel import ControlChannel
-from weightslab_shim.publisher import (
-    IDLE_WAIT,
-    NUDGE_SETTLE,
-    WAKE_AFTER,
-    WAKE_HELD,
-    WAKE_RECORDS,
-    Publisher,
-    yield_on_wake,
-)
+from weightslab_shim.publisher import IDLE_WAIT, NUDGE_SETTLE, WAKE_AFTER, WAKE_HELD, WAKE_RECORDS, Publisher
 from weightslab_shim.ring import RecordType, RingReader, RingWriter, unlink
 from weightslab_shim.session import Session
 from weightslab_shim.tensors import Deferred, Staged
-
-CALLER_POLICY = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None  # before any publisher
 
 
 class CountingEvent(threading.Event):
@@ -157,19 +147,6 @@ def test_a_nudged_wake_settles_before_it_takes_the_gil(publisher: tuple[Publishe
     pub.nudge()
     wait_for(lambda: ring[1].written == 2, 5.0, "the preview in the ring")
     assert slept.count(NUDGE_SETTLE) == 1
-
-
-def test_the_publisher_never_preempts_the_thread_that_wakes_it(publisher: tuple[Publisher, CountingEvent]) -> None:
-    """The publisher's thread runs under SCHED_BATCH (no wake-up preemption); the threads around it do not.
-    Where the OS has no SCHED_BATCH (not Linux), asking for it says so and changes nothing."""
-    pub, _ = publisher
-    if not hasattr(os, "SCHED_BATCH"):
-        assert yield_on_wake() is False
-        return
-    tid = pub._thread.native_id
-    assert tid is not None
-    wait_for(lambda: os.sched_getscheduler(tid) == os.SCHED_BATCH, 5.0, "the publisher under SCHED_BATCH")
-    assert os.sched_getscheduler(threading.get_native_id()) == CALLER_POLICY  # the caller is left as it was
 
 
 def test_flush_waits_for_every_record_submitted(publisher: tuple[Publisher, CountingEvent],
