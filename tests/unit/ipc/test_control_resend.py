@@ -37,9 +37,10 @@ def test_unacked_discards_are_resent_under_their_edit_ids_in_journal_order(tmp_p
 
 
 def test_an_old_unacked_edit_is_not_resent_over_a_newer_acknowledged_one(tmp_path: Path) -> None:
-    """A daemon killed between a trainer's ack and its journal entry leaves that edit unacked; a later edit of the
-    same hyperparameter, acknowledged, owns it then: re-sending the old value at the next attach would undo an
-    edit the user was told was applied. The same after a reopen (the journal replayed)."""
+    """An edit left unacknowledged while a later edit of the same hyperparameter was acknowledged: the later one
+    owns the value. Re-sent whole at the next attach, the old edit would set the old value after the new one
+    in any trainer process that had not applied it already (the shim's dedup is per process); the daemon's
+    own rule keeps the newest. The same after a reopen (the journal replayed)."""
     run = Run.create(tmp_path / "r", {"run_id": "r", "created": 0.0, "splits": {"train": 4}})
     try:
         old = run.journal_edit({"kind": "hparams", "values": {"learning_rate": 0.015, "batch_size": 8}})
