@@ -20,12 +20,19 @@ Python, while the trainer waits to get there. Settling first, its work falls ins
 2-core development VM: GIL waits of the trainer in a first epoch 0.29-0.34 % of a step, against
 1.9 % without the settle, `bench/attached.py`).
 
+The thread runs under SCHED_BATCH where the OS has it (Linux): woken while the trainer is on a core, it
+does not take that core from the trainer at once, but waits for an idle one or its turn. Without it, on a
+2-core machine whose other core was busy with the daemon, a woken publisher preempted the training thread
+(its run-queue wait in a first epoch 54-62 us a step, 19-21 us under SCHED_BATCH, `bench/attached.py`). Its
+share of the CPU is unchanged: only wake-up preemption is given up.
+
 A record's fields are a list, or a `Build`: an object that gives them when called, here, right before the
 record is written (a preview record picks its samples then, see preview_offers.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -44,6 +51,11 @@ WAKE_AFTER = 0.05  # seconds
 WAKE_HELD = 16 << 20  # bytes of the user's inputs kept alive for previews not yet reduced
 IDLE_WAIT = 0.25  # seconds: a record never waits longer for a wake
 NUDGE_SETTLE = 0.0005  # seconds a nudged wake sleeps before it takes the GIL (the trainer enters backward)
+# Seconds of writing between two hand-backs of the GIL. Not one a record: with the CPUs busy, a thread
+# that gives the GIL away waits for its turn to take it back, and at one record a turn a backlog never
+# shrank (beside two CPU hogs a trainer of 400 steps a second lost a fifth of its records, and more
+# under SCHED_BATCH, whose wake waits for its turn).
+YIELD_AFTER = 0.0005
 
 Fields = list[tuple[str, Any]]  # (name, Staged | Lazy | Deferred)
 
@@ -140,6 +152,7 @@ class Publisher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        yield_on_wake()
         pending = False
         while not (self._stopping and not self._queue):
             self._wake.wait(POLL_PENDING if pending else IDLE_WAIT)
@@ -163,6 +176,7 @@ class Publisher:
 
     def _drain(self) -> bool:
         """Write what is ready, in order; True if the head still waits for a device copy."""
+        held_since = time.perf_counter()
         while self._queue:
             rtype, step, fields = self._queue[0]
             if not (fields.ready() if not isinstance(fields, list) else all(value.ready() for _, value in fields)):
@@ -170,7 +184,9 @@ class Publisher:
             self._queue.popleft()
             self._write(rtype, step, fields)
             self._done += 1
-            time.sleep(0)  # hand the GIL back between records: a trainer waiting for it waits one record
+            if time.perf_counter() - held_since >= YIELD_AFTER:
+                time.sleep(0)  # hand the GIL back: a trainer waiting for it waits about YIELD_AFTER at most
+                held_since = time.perf_counter()
         return False
 
     def _arrays(self, fields: Fields) -> list[tuple[str, Any]]:
@@ -205,3 +221,15 @@ class Publisher:
             records.encode_into(view, prepared)
             self.ring.commit()
 
+
+def yield_on_wake() -> bool:
+    """Put the calling thread under SCHED_BATCH (no wake-up preemption of the thread on the core it wakes
+    on); False where the OS has no such policy or refuses it (the thread runs as it did)."""
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is None:
+        return False
+    try:
+        os.sched_setscheduler(0, batch, os.sched_param(0))  # 0: the calling thread (Linux)
+    except OSError:
+        return False
+    return True

@@ -100,6 +100,9 @@ def test_twenty_daemon_kills_lose_nothing_acknowledged(daemon: Daemon, env: dict
     finally:
         trainer.kill()
     assert "Traceback" not in trainer.stderr()
+    # The trainer has closed; the daemon may still be reading the ring's tail (and until then serves what its
+    # log replayed, which can end before the record that reported the last edit).
+    wait_for(lambda: len(loss_steps(daemon)) >= status["steps"], 30, "the daemon to ingest the trainer's last steps")
     assert status["lr"] == pytest.approx(acknowledged[-1])
     assert hparams(daemon.stub())["learning_rate"] == pytest.approx(acknowledged[-1])
     from weightslabd.store.framedlog import read_frames
@@ -107,8 +110,6 @@ def test_twenty_daemon_kills_lose_nothing_acknowledged(daemon: Daemon, env: dict
     entries = [json.loads(frame) for _, frame in read_frames(run_folder(tmp_path) / "edits.journal")]
     journaled = [e["values"]["learning_rate"] for e in entries if e["kind"] == "hparams"]
     assert journaled == pytest.approx(acknowledged, rel=1e-6)  # every acknowledged edit, in order
-    # the trainer has closed; the daemon may still be reading the ring's tail
-    wait_for(lambda: len(loss_steps(daemon)) >= status["steps"], 30, "the daemon to ingest the trainer's last steps")
     steps = loss_steps(daemon)
     assert status["dropped"] == 0, status["dropped_by"]  # the publisher kept up
     assert steps == list(range(status["steps"]))  # continuous: the ring held the gaps

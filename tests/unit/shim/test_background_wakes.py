@@ -21,12 +21,23 @@ import zmq
 from waiting import wait_for
 
 from weightslab_shim import channel as channel_module
+from weightslab_shim import publisher as publisher_module
 from weightslab_shim import wire
 from weightslab_shim.channel import ControlChannel
-from weightslab_shim.publisher import IDLE_WAIT, NUDGE_SETTLE, WAKE_AFTER, WAKE_HELD, WAKE_RECORDS, Publisher
+from weightslab_shim.publisher import (
+    IDLE_WAIT,
+    NUDGE_SETTLE,
+    WAKE_AFTER,
+    WAKE_HELD,
+    WAKE_RECORDS,
+    Publisher,
+    yield_on_wake,
+)
 from weightslab_shim.ring import RecordType, RingReader, RingWriter, unlink
 from weightslab_shim.session import Session
 from weightslab_shim.tensors import Deferred, Staged
+
+CALLER_POLICY = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None  # before any publisher
 
 
 class CountingEvent(threading.Event):
@@ -147,6 +158,44 @@ def test_a_nudged_wake_settles_before_it_takes_the_gil(publisher: tuple[Publishe
     pub.nudge()
     wait_for(lambda: ring[1].written == 2, 5.0, "the preview in the ring")
     assert slept.count(NUDGE_SETTLE) == 1
+
+
+def test_the_publisher_never_preempts_the_thread_that_wakes_it(publisher: tuple[Publisher, CountingEvent]) -> None:
+    """The publisher's thread runs under SCHED_BATCH (no wake-up preemption); the threads around it do not.
+    Where the OS has no SCHED_BATCH (not Linux), asking for it says so and changes nothing."""
+    pub, _ = publisher
+    if not hasattr(os, "SCHED_BATCH"):
+        assert yield_on_wake() is False
+        return
+    tid = pub._thread.native_id
+    assert tid is not None
+    wait_for(lambda: os.sched_getscheduler(tid) == os.SCHED_BATCH, 5.0, "the publisher under SCHED_BATCH")
+    assert os.sched_getscheduler(threading.get_native_id()) == CALLER_POLICY  # the caller is left as it was
+
+
+@pytest.mark.parametrize("yield_after, hand_backs", [(60.0, 0), (0.0, 24)])
+def test_the_publisher_hands_the_gil_back_by_time_not_by_record(publisher: tuple[Publisher, CountingEvent],
+                                                                ring: tuple[RingWriter, RingReader],
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                yield_after: float, hand_backs: int) -> None:
+    """A backlog is written with a hand-back of the GIL each YIELD_AFTER of writing, not after each record:
+    on busy CPUs each hand-back can cost a whole turn, and one a record never caught up."""
+    pub, _ = publisher
+    zero_sleeps: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name == "weightslab-publisher" and seconds == 0:
+            zero_sleeps.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(publisher_module, "YIELD_AFTER", yield_after)
+    monkeypatch.setattr(time, "sleep", sleep)
+    for step in range(24):
+        pub.submit(RecordType.STEP, step, step_fields(step))
+    pub.wake()
+    wait_for(lambda: ring[1].written == 24, 5.0, "the backlog in the ring")
+    assert len(zero_sleeps) == hand_backs
 
 
 def test_flush_waits_for_every_record_submitted(publisher: tuple[Publisher, CountingEvent],
