@@ -51,10 +51,13 @@ WAKE_AFTER = 0.05  # seconds
 WAKE_HELD = 16 << 20  # bytes of the user's inputs kept alive for previews not yet reduced
 IDLE_WAIT = 0.25  # seconds: a record never waits longer for a wake
 NUDGE_SETTLE = 0.0005  # seconds a nudged wake sleeps before it takes the GIL (the trainer enters backward)
-# Seconds of writing between two hand-backs of the GIL. Not one a record: with the CPUs busy, a thread
-# that gives the GIL away waits for its turn to take it back, and at one record a turn a backlog never
-# shrank (beside two CPU hogs a trainer of 400 steps a second lost a fifth of its records, and more
-# under SCHED_BATCH, whose wake waits for its turn).
+# The GIL is handed back after each record while what is left to write is no more than a wake brings
+# (SHORT_QUEUE records): a trainer that waits for it waits one record at most. With a longer backlog it is
+# handed back every YIELD_AFTER seconds of writing instead: with the CPUs busy, a thread that gives the GIL
+# away waits for its turn to take it back, and at one record a turn a backlog never shrank (beside two CPU
+# hogs a trainer of 400 steps a second lost a fifth of its records, and more under SCHED_BATCH, whose wake
+# waits for its turn).
+SHORT_QUEUE = 2 * WAKE_RECORDS
 YIELD_AFTER = 0.0005
 
 Fields = list[tuple[str, Any]]  # (name, Staged | Lazy | Deferred)
@@ -184,8 +187,9 @@ class Publisher:
             self._queue.popleft()
             self._write(rtype, step, fields)
             self._done += 1
-            if time.perf_counter() - held_since >= YIELD_AFTER:
-                time.sleep(0)  # hand the GIL back: a trainer waiting for it waits about YIELD_AFTER at most
+            left = len(self._queue)
+            if left and (left <= SHORT_QUEUE or time.perf_counter() - held_since >= YIELD_AFTER):
+                time.sleep(0)  # hand the GIL back (with nothing left, the wait for a wake gives it back)
                 held_since = time.perf_counter()
         return False
 

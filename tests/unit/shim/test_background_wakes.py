@@ -173,13 +173,17 @@ def test_the_publisher_never_preempts_the_thread_that_wakes_it(publisher: tuple[
     assert os.sched_getscheduler(threading.get_native_id()) == CALLER_POLICY  # the caller is left as it was
 
 
-@pytest.mark.parametrize("yield_after, hand_backs", [(60.0, 0), (0.0, 24)])
-def test_the_publisher_hands_the_gil_back_by_time_not_by_record(publisher: tuple[Publisher, CountingEvent],
-                                                                ring: tuple[RingWriter, RingReader],
-                                                                monkeypatch: pytest.MonkeyPatch,
-                                                                yield_after: float, hand_backs: int) -> None:
-    """A backlog is written with a hand-back of the GIL each YIELD_AFTER of writing, not after each record:
-    on busy CPUs each hand-back can cost a whole turn, and one a record never caught up."""
+@pytest.mark.parametrize("short_queue, yield_after, hand_backs", [
+    (0, 60.0, 0),  # a backlog, written within YIELD_AFTER: no hand-back
+    (0, 0.0, 23),  # a backlog, YIELD_AFTER gone after each record: one after each but the last
+    (16, 60.0, 16),  # after each record that leaves at most SHORT_QUEUE (and at least one) behind
+])
+def test_the_publisher_hands_the_gil_back_per_record_only_when_little_is_left(
+        publisher: tuple[Publisher, CountingEvent], ring: tuple[RingWriter, RingReader],
+        monkeypatch: pytest.MonkeyPatch, short_queue: int, yield_after: float, hand_backs: int) -> None:
+    """What a wake brings is written with a hand-back of the GIL after each record (a trainer waits one
+    record at most); a longer backlog, each YIELD_AFTER of writing: on busy CPUs each hand-back can cost a
+    whole turn, and one a record never caught up."""
     pub, _ = publisher
     zero_sleeps: list[float] = []
     real_sleep = time.sleep
@@ -189,13 +193,28 @@ def test_the_publisher_hands_the_gil_back_by_time_not_by_record(publisher: tuple
             zero_sleeps.append(seconds)
         real_sleep(seconds)
 
+    monkeypatch.setattr(publisher_module, "SHORT_QUEUE", short_queue)
     monkeypatch.setattr(publisher_module, "YIELD_AFTER", yield_after)
     monkeypatch.setattr(time, "sleep", sleep)
-    for step in range(24):
+    gate = Gate()  # the first record's device copy "runs" until all 24 are queued: one drain writes them all
+    first = step_fields(0)
+    first[0] = (first[0][0], Staged(np.arange(4, dtype=np.int64), gate))
+    pub.submit(RecordType.STEP, 0, first)
+    for step in range(1, 24):
         pub.submit(RecordType.STEP, step, step_fields(step))
     pub.wake()
+    gate.done = True
     wait_for(lambda: ring[1].written == 24, 5.0, "the backlog in the ring")
     assert len(zero_sleeps) == hand_backs
+
+
+class Gate:
+    """A device copy's event, done when the test says so."""
+
+    done = False
+
+    def query(self) -> bool:
+        return self.done
 
 
 def test_flush_waits_for_every_record_submitted(publisher: tuple[Publisher, CountingEvent],
