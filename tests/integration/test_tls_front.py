@@ -524,11 +524,11 @@ def test_an_idle_stream_through_the_front_outlives_client_keepalive_pings(tls_en
         Trainer(tls_env, tmp_path, "--steps", "5").wait(60)
         channel = grpc.secure_channel(f"localhost:{tls_env['GRPC_BACKEND_PORT']}",
                                       channel_credentials(tmp_path / "certs"), options=[
-            ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_time_ms", 6_000), ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)])
         stream = pb_grpc.ExperimentServiceStub(channel).StreamStatus(pb.Empty(), timeout=80, metadata=TOKEN)
         first = next(stream)
-        quiet_until = time.monotonic() + 32  # three client pings, each answered, with no data between
+        quiet_until = time.monotonic() + 20  # three client pings, each answered, with no data between
         got: list[Any] = []
         reader = threading.Thread(target=lambda: got.extend([next(stream)]), daemon=True)
         reader.start()
