@@ -17,6 +17,7 @@ from waiting import wait_for
 
 from weightslabd.proto import experiment_service_pb2 as pb
 from weightslabd.proto import experiment_service_pb2_grpc as pb_grpc
+from weightslabd.store.framedlog import read_frames
 
 HERE = Path(__file__).resolve().parent
 TRAINER = HERE / "trainer.py"
@@ -135,6 +136,11 @@ def run_folder(tmp: Path) -> Path:
     folders = [p for p in (tmp / "logs").iterdir() if (p / "manifest.json").exists()]
     assert len(folders) == 1, folders
     return folders[0]
+
+
+def journal(tmp: Path) -> list[dict[str, Any]]:
+    """The run's edits journal, entry by entry."""
+    return [json.loads(frame) for _, frame in read_frames(run_folder(tmp) / "edits.journal")]
 
 
 def manifest(tmp: Path) -> dict[str, Any]:

@@ -3,7 +3,6 @@ samples back, and a torch quickstart script runs attached with only its import c
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -13,9 +12,8 @@ from typing import Any
 import pytest
 
 from weightslabd.proto import experiment_service_pb2 as pb
-from weightslabd.store.framedlog import read_frames
 
-from .harness import Daemon, Trainer, history, hparams, run_folder, set_hparams, wait_for
+from .harness import Daemon, Trainer, history, hparams, journal, run_folder, set_hparams, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_cnn.py"
 
@@ -52,8 +50,6 @@ def test_discarded_samples_leave_the_loop_mid_epoch_and_restore_brings_them_back
     assert journal.count(b'"kind":"deny"') == 2
 
 
-def journal(tmp: Path) -> list[dict[str, Any]]:
-    return [json.loads(frame) for _, frame in read_frames(run_folder(tmp) / "edits.journal")]
 
 
 @pytest.mark.timeout(90)

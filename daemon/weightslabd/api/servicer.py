@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import structlog
+from google.protobuf.descriptor import FieldDescriptor
 
 from weightslab_shim import wire
 from weightslabd.agent.service import DataQueryAgent
@@ -160,7 +161,10 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         values: dict[str, Any] = {}
         for field, key in HP_FIELDS.items():
             if hp.HasField(field):
-                values[key] = getattr(hp, field)
+                value = getattr(hp, field)
+                if hp.DESCRIPTOR.fields_by_name[field].type == FieldDescriptor.TYPE_FLOAT:
+                    value = typed_decimal(value)
+                values[key] = value
         if not values:
             return pb.CommandResponse(success=False, message="hyper_parameter_change sets no field")
         return self.set_hparams(run, values)
@@ -484,6 +488,13 @@ def status_message(run: Run) -> Any:
     if latest is not None:
         msg.metrics_status.name, msg.metrics_status.value = latest[0], latest[2]
     return msg
+
+
+def typed_decimal(value: float) -> float:
+    """A proto `float` (32-bit) as the shortest decimal that is that float32: the Studio's 0.01 arrives as
+    0.009999999776482582, and the trainer is given 0.01, what the user typed (any decimal of up to 7
+    significant digits comes back exactly)."""
+    return float(str(np.float32(value)))
 
 
 def validate_hparams(values: dict[str, Any]) -> str | None:
