@@ -140,7 +140,10 @@ def grid_tour(stub: pb_grpc.ExperimentServiceStub) -> None:
 def summary(stub: pb_grpc.ExperimentServiceStub, port: int, certs: Path, runtime_dir: Path,
             web_port: int | None) -> None:
     hp = stub.ExperimentCommand(pb.TrainerCommand(get_hyper_parameters=True), timeout=5)
-    values = {d.name: (d.string_value or d.numerical_value) for d in hp.hyper_parameters_descs}
+    # numerical_value is a 32-bit float on the Studio's wire: shown to its 7 significant digits (0.01, not
+    # 0.009999999776482582; 64, not 64.0)
+    values = ", ".join(f"{d.name}={d.string_value or format(d.numerical_value, '.7g')}"
+                       for d in hp.hyper_parameters_descs)
     print("\nwhere to look:")
     print(f"  hyperparameters as the daemon holds them: {values}")
     print(f"  gRPC (Weights Studio's backend): localhost:{port}, client certificate in {certs}")
