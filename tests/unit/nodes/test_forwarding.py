@@ -56,6 +56,9 @@ def test_the_node_holds_records_while_the_home_is_away_and_delivers_each_once_in
             sink.apply_record(RecordType.STEP, s, step(s, 1), position)
             position += 10
         wait_for(lambda: sorted(curve(run)) == list(range(5)), 10, "steps 0..4 of both ranks")
+        # The home confirms what it applied a moment after applying it: until then the frames stay held (a
+        # home that went away first is sent them again, and skips what it has)
+        wait_for(lambda: len(fwd.buffer) == 0, 10, "the home's confirmation of steps 0..4")
         server.stop(0).wait()  # the home goes away
         for s in range(5, 10):
             sink.apply_record(RecordType.STEP, s, step(s, 1), position)
