@@ -199,6 +199,17 @@ def report(sessions: list[dict[str, Any]], pairs: int, steps: int | None, load: 
         first = [100 * d for d in differences(sessions, "first", measure)]
         later = [100 * d for d in differences(sessions, "later", measure)]
         print(f"  {name:<30}{fmt(first, 2):>26}{fmt(later, 2):>26}")
+    events = [s for s in sessions if all("gc" in s[phase] for phase in overhead.PHASES)]  # older --json lack them
+    if events:
+        print()
+        print("the training thread's own events a step (means over sessions): minor page faults, context "
+              "switches, CPU in the garbage collector")
+        print(f"  {'':<10}{'epoch':<8}{'faults':>12}{'switches':>12}{'gc µs':>12}")
+        for attached in (True, False):
+            for phase in overhead.PHASES:
+                row = [statistics.mean(s[phase][m] for s in events if s["attached"] == attached)
+                       for m in ("faults", "switches", "gc")]
+                print(f"  {'attached' if attached else 'detached':<10}{phase:<8}" + "".join(f"{v:12.2f}" for v in row))
     print()
     for phase, goal in (("first", 1.02), ("later", 1.005)):
         _, lo, hi = overhead.median_ci(paired(sessions, phase, "own"))

@@ -25,6 +25,7 @@ control threads) run on any CPU (--no-pin leaves all placement to the scheduler)
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -187,17 +188,45 @@ class ThreadClock:
             self.fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
         except OSError:
             self.fd = None
+        self.thread = threading.get_ident()
+        self.gc_ns = 0  # CPU this thread has spent in the garbage collector (a collection runs in the
+        self._gc_began = 0  # thread whose allocation set it off, so another thread's objects can cost it)
+        gc.callbacks.append(self._collected)
 
     def read(self) -> tuple[int, int]:
         wait = int(os.pread(self.fd, 128, 0).split()[1]) if self.fd is not None else 0
         return time.thread_time_ns(), wait
 
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        if phase == "start":
+            self._gc_began = time.thread_time_ns()
+        else:
+            self.gc_ns += time.thread_time_ns() - self._gc_began
+
+
+def thread_events() -> tuple[int, int]:
+    """The calling thread's (minor page faults, context switches) so far; (0, 0) where /proc lacks them."""
+    try:
+        faults = int(Path("/proc/thread-self/stat").read_text().rsplit(")", 1)[1].split()[7])
+        status = Path("/proc/thread-self/status").read_text().splitlines()
+        switches = sum(int(line.split()[1]) for line in status
+                       if line.split(":")[0] in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return faults, switches
+
 
 def run_phase(loop: Loop, n: int, clock: ThreadClock) -> dict[str, float]:
     """`n` timed steps; per step (µs): wall median, own (wall - run queue) median, thread CPU median, and
-    means of run-queue wait, blocked time, time inside the shim, and CPU of the process's other threads."""
+    means of run-queue wait, blocked time, time inside the shim, CPU of the process's other threads and
+    the thread's CPU in the garbage collector ("gc"); per step, the thread's minor page faults and context
+    switches (counts read once a phase)."""
     wall, span, cpu, runq, shim = [], [], [], [], []
     others = other_threads_cpu()
+    faults, switches = thread_events()
+    gc_ns = clock.gc_ns
     for _ in range(n):
         a = time.perf_counter_ns()
         c0, q0 = clock.read()
@@ -214,12 +243,14 @@ def run_phase(loop: Loop, n: int, clock: ThreadClock) -> dict[str, float]:
         shim.append(loop.shim_ns - s0)
         loop.after_step()
     others = other_threads_cpu() - others
+    faults_after, switches_after = thread_events()
     own = [w - q for w, q in zip(span, runq, strict=True)]
     return {"wall": statistics.median(wall) / 1e3, "own": statistics.median(own) / 1e3,
             "cpu": statistics.median(cpu) / 1e3, "runq": statistics.mean(runq) / 1e3,
             "blocked": statistics.mean(o - c for o, c in zip(own, cpu, strict=True)) / 1e3,
             "shim": statistics.mean(shim) / 1e3, "others": others / n / 1e3,
-            "wall_mean": statistics.mean(wall) / 1e3}
+            "wall_mean": statistics.mean(wall) / 1e3, "faults": (faults_after - faults) / n,
+            "switches": (switches_after - switches) / n, "gc": (clock.gc_ns - gc_ns) / n / 1e3}
 
 
 def other_threads_cpu() -> int:

@@ -40,6 +40,7 @@ def daemon_env(root: Path, runtime: Path | None = None) -> dict[str, str]:
     """The environment of a private daemon under `root` (and of the trainers that attach to it)."""
     return dict(os.environ, WEIGHTSLAB_RUNTIME_DIR=str(runtime or root / "rt"), GRPC_TLS_ENABLED="0",
                 GRPC_BACKEND_HOST="127.0.0.1", GRPC_BACKEND_PORT=str(free_port()),
+                WEIGHTSLAB_GRPC_WEB_PORT="0",  # any free port: a daemon already on 8080 does not stop a benchmark
                 WEIGHTSLAB_ROOT_LOG_DIR=str(root / "logs"), PYTHONUNBUFFERED="1")
 
 
