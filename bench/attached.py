@@ -202,8 +202,9 @@ def report(sessions: list[dict[str, Any]], pairs: int, steps: int | None, load: 
     events = [s for s in sessions if all("gc" in s[phase] for phase in overhead.PHASES)]  # older --json lack them
     if events:
         print()
-        print("the training thread's own events a step (means over sessions, a first epoch's including the "
-              "session's start): minor page faults, context switches, CPU in the garbage collector")
+        among = "" if len(events) == len(sessions) else f", {len(events)} of the {len(sessions)} sessions"
+        print(f"the training thread's own events a step (means over sessions{among}, a first epoch's including "
+              "the session's start): minor page faults, context switches, CPU in the garbage collector")
         print(f"  {'':<10}{'epoch':<8}{'faults':>12}{'switches':>12}{'gc µs':>12}")
         for attached in (True, False):
             for phase in overhead.PHASES:
