@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
+from ports import free_port
 from waiting import wait_for
 
 from weightslabd.proto import experiment_service_pb2 as pb
@@ -23,10 +23,6 @@ HERE = Path(__file__).resolve().parent
 TRAINER = HERE / "trainer.py"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env(tmp: Path) -> dict[str, str]:

@@ -27,7 +27,8 @@ def start(tmp_path: Path, **settings: str) -> tuple[Daemon, dict[str, str]]:
 
 
 def train(daemon: Daemon, env: dict[str, str], tmp_path: Path, *args: str, steps: int = 120) -> dict[str, Any]:
-    status = Trainer(env, tmp_path, "--steps", str(steps), "--step-sleep", "0.004", *args).wait(60)
+    status = Trainer(env, tmp_path, "--steps", str(steps), "--step-sleep", "0.004", "--attach-first", "30",
+                     *args).wait(60)
     wait_for(lambda: len(history(daemon.stub(), metric_names=["loss"])) >= steps, 10, "the run's records")
     return status
 

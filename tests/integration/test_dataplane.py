@@ -45,8 +45,8 @@ def image(record: Any) -> Image.Image:
 
 
 def trained(daemon: Daemon, env: dict[str, str], tmp_path: Path, steps: int = 120) -> Any:
-    # Paced, so that most steps run attached: inputs become previews only once the daemon is there.
-    Trainer(env, tmp_path, "--steps", str(steps), "--step-sleep", "0.004").wait(60)
+    # Attached from the first step: inputs become previews only once the daemon is there.
+    Trainer(env, tmp_path, "--steps", str(steps), "--step-sleep", "0.004", "--attach-first", "30").wait(60)
     stub = daemon.stub()
     wait_for(lambda: len(history(stub)) >= steps, 10, "the run's records")
     return stub
@@ -186,7 +186,8 @@ def test_histograms_bin_numeric_columns_and_count_categories(daemon: Daemon, env
 def test_thumbnails_come_from_the_image_files_the_loader_names(daemon: Daemon, env: dict[str, str],
                                                                  tmp_path: Path) -> None:
     files = tmp_path / "images"
-    Trainer(env, tmp_path, "--steps", "120", "--step-sleep", "0.004", "--image-files", str(files)).wait(60)
+    Trainer(env, tmp_path, "--steps", "120", "--step-sleep", "0.004", "--image-files", str(files),
+            "--attach-first", "30").wait(60)
     stub = daemon.stub()
     wait_for(lambda: len(history(stub)) >= 120, 10, "the run's records")
     sizes = {r.sample_id: image(r).size for r in samples(stub, include_raw_data=True).data_records

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,10 @@ def main() -> None:
     p.add_argument("--hp", action="append", default=[], help="KEY=VALUE: an extra hyperparameter of the run")
     p.add_argument("--until", help="run until this file exists (at most --steps steps)")
     p.add_argument("--shape", default="1,4,4", help="C,H,W of each sample's input (floats in [0, 1))")
+    p.add_argument("--attach-first", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for the daemon's welcome before the first step (exit 3 without it): "
+                        "inputs become previews only while attached, and a loaded machine can take longer to "
+                        "attach than a paced run takes to end")
     args = p.parse_args()
 
     hp = wl.watch_or_edit({"learning_rate": 0.1, "training_steps_to_do": args.steps, "batch_size": args.batch,
@@ -56,6 +61,12 @@ def main() -> None:
                               is_training=True, preview_paths=paths)
     optimizer = wl.watch_or_edit(Optimizer(hp["learning_rate"]), flag="optimizer")
     criterion = wl.watch_or_edit(lambda out, y: (out - y) ** 2, flag="loss", signal_name="loss")
+    if args.attach_first:
+        session = wl.session()
+        session.start()
+        if session.channel is None or not session.channel.attached.wait(args.attach_first):
+            sys.stderr.write(f"trainer: not attached within {args.attach_first} s\n")
+            sys.exit(3)
     seen: list[list[int]] = []
     steps_at_start: list[int] = []
     done = 0

@@ -1,8 +1,6 @@
-"""What the nodes tests share: a job id, ring step records, a run's curve, a free port, waiting."""
+"""What the nodes tests share: a job id, ring step records, a run's curve."""
 
 from __future__ import annotations
-
-import socket
 
 import numpy as np
 
@@ -24,7 +22,3 @@ def curve(run: Run) -> dict[int, float]:
     return {} if c is None else {int(s): float(v) for s, v in zip(c.steps, c.values, strict=True)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

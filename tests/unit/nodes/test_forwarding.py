@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from waiting import wait_for
 
 from weightslab_shim import wire
@@ -20,7 +21,7 @@ from weightslabd.security.node_tls import home_credentials, node_credentials
 from weightslabd.security.tls import generate_certs
 from weightslabd.store.run import Run
 
-from .support import JOB, curve, free_port, step
+from .support import JOB, curve, step
 
 
 def test_the_buffer_keeps_order_and_its_bound_refusing_records_and_dropping_heartbeats() -> None:

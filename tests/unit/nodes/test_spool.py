@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from waiting import wait_for
 
 from weightslab_shim.ring import RecordType
@@ -22,7 +23,7 @@ from weightslabd.nodes.home import FILE, Home, serve
 from weightslabd.security.node_tls import home_credentials, node_credentials
 from weightslabd.store.run import Run
 
-from .support import curve, free_port, step
+from .support import curve, step
 
 NODE = Path(__file__).with_name("forwarding_node.py")
 
