@@ -23,8 +23,6 @@ HERE = Path(__file__).resolve().parent
 TRAINER = HERE / "trainer.py"
 
 
-
-
 def base_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEIGHTSLAB_", "WL_", "GRPC_"))}
     env.update(
