@@ -34,7 +34,6 @@ import overhead  # noqa: E402
 from overhead import EPOCH  # noqa: E402
 from support.daemon import running_daemon, scratch_dir  # noqa: E402
 
-CHILD = "WL_BENCH_DAEMON_BLOCKS_CHILD"  # set in the process that measures
 QUIET_ABOVE = 0.01  # as attached.py: the daemon done with what it was sent before the blocks begin
 GROUP = (False, True, True, False)  # stopped? running, stopped, stopped, running
 
@@ -72,10 +71,7 @@ def main() -> None:
     split = overhead.cpu_split()
     if split is None:
         sys.exit("daemon_blocks.py needs 2 CPUs: the training thread's and the daemon's")
-    if os.environ.get(CHILD) != "1":  # malloc reads its thresholds at start: run again with them set
-        overhead.worker_environment(False)
-        os.environ[CHILD] = "1"
-        os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:]])
+    overhead.in_worker_environment()  # OMP threads and malloc's thresholds, as overhead.py's workers
     if args.first and EPOCH % (len(GROUP) * args.block):
         parser.error(f"--first needs --block to divide an epoch ({EPOCH} steps) into groups of {len(GROUP)}")
     measure(4 if args.quick else args.groups, args.block, args.first, split)

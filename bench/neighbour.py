@@ -35,7 +35,6 @@ import overhead  # noqa: E402
 
 KINDS = ("numpy", "python")
 IDLE = 0
-CHILD = "WL_BENCH_NEIGHBOUR_CHILD"  # set in the process that measures
 
 
 def neighbour(cpus: set[int], kind: Any, stop: Any, busy: float, period: float) -> None:
@@ -76,10 +75,7 @@ def main() -> None:
     split = overhead.cpu_split()
     if split is None:
         sys.exit("neighbour.py needs 2 CPUs: the training thread's and the neighbour's")
-    if os.environ.get(CHILD) != "1":  # malloc reads its thresholds at start: run again with them set
-        overhead.worker_environment(False)  # OMP threads and malloc's thresholds, as overhead.py's workers
-        os.environ[CHILD] = "1"
-        os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:]])
+    overhead.in_worker_environment()  # OMP threads and malloc's thresholds, as overhead.py's workers
     measure(rounds, args.steps, args.busy, args.period, split)
 
 

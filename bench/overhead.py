@@ -76,6 +76,18 @@ def worker_environment(default_malloc: bool) -> None:
         os.environ.update(FIXED_MALLOC)
 
 
+IN_WORKER_ENVIRONMENT = "WL_BENCH_IN_WORKER_ENVIRONMENT"  # set in a script run again by in_worker_environment
+
+
+def in_worker_environment() -> None:
+    """For a script that measures in its own process: run it again (same arguments) with the workers'
+    settings, since malloc reads its thresholds when the process starts; a no-op in that second run."""
+    if os.environ.get(IN_WORKER_ENVIRONMENT) != "1":
+        worker_environment(False)
+        os.environ[IN_WORKER_ENVIRONMENT] = "1"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 @dataclass(frozen=True)
 class Variant:
     key: str
