@@ -254,12 +254,21 @@ def test_a_small_ring_without_a_daemon_drops_the_newest_and_counts(env: dict[str
 
 def test_after_a_restart_the_trainers_latest_values_win_over_older_edits(daemon: Daemon, env: dict[str, str],
                                                                          tmp_path: Path) -> None:
-    trainer = Trainer(env, tmp_path, "--steps", "400", "--step-sleep", "0.002", "--set-lr-at", "300")
+    # The trainer's own change comes once the edit is applied (a file says so), not at a step a loaded
+    # machine might reach before the edit's round trip ends.
+    lr_file, stop = tmp_path / "set-lr", tmp_path / "stop"
+    trainer = Trainer(env, tmp_path, "--steps", "100000", "--step-sleep", "0.002", "--set-lr-after", str(lr_file),
+                      "--until", str(stop))
     stub = daemon.stub()
     wait_for(lambda: len(history(stub)) > 20, 10, "the first steps")
     reply = set_hparams(stub, learning_rate=0.5)
-    assert reply.success and int(reply.message.rsplit(" ", 1)[1]) < 300, reply
-    assert trainer.wait()["lr"] == pytest.approx(0.7)
+    assert reply.success, reply
+    lr_file.touch()
+    wait_for(lambda: hparams(stub)["learning_rate"] == pytest.approx(0.7), 10, "the trainer's own learning rate")
+    stop.touch()
+    status = trainer.wait()
+    assert int(reply.message.rsplit(" ", 1)[1]) < status["lr_set_at"], (reply, status["lr_set_at"])
+    assert status["lr"] == pytest.approx(0.7)
     assert hparams(stub)["learning_rate"] == pytest.approx(0.7)
     daemon.kill(signal.SIGKILL)
     daemon.start()

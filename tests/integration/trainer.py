@@ -28,7 +28,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--mutate-hp-at", type=int, default=-1, help="the loop itself sets hp['custom_knob'] then")
-    p.add_argument("--set-lr-at", type=int, default=-1, help="the loop itself sets the learning rate to 0.7 then")
+    p.add_argument("--set-lr-after", metavar="FILE", help="once this file exists, the loop itself sets the learning "
+                   "rate to 0.7 at its next step (once; the step is in the status as lr_set_at)")
     p.add_argument("--instances", action="store_true",
                    help="also record 'box': two instances per sample, valued id and id + 100")
     p.add_argument("--image-files", help="write each sample's image as a 40x24 PNG here (sample 7's is named but "
@@ -71,13 +72,16 @@ def main() -> None:
     steps_at_start: list[int] = []
     done = 0
     stop = Path(args.until) if args.until else None
+    lr_file = Path(args.set_lr_after) if args.set_lr_after else None
+    lr_set_at = -1
     while done < args.steps and not (stop is not None and done % 50 == 0 and stop.exists()):
         with wl.guard_training_context:
             steps_at_start.append(wl.session().step)
             if wl.session().step == args.mutate_hp_at:
                 hp["custom_knob"] = args.mutate_hp_at
-            if wl.session().step == args.set_lr_at:  # a schedule in user code, after the UI's edit
+            if lr_file is not None and lr_set_at < 0 and lr_file.exists():  # a schedule in user code
                 hp["learning_rate"] = optimizer.param_groups[0]["lr"] = 0.7
+                lr_set_at = wl.session().step
             x, ids, y = next(loader)
             out = x.mean(axis=(1, 2, 3)) * 10
             criterion(out, y, batch_ids=ids, preds=np.round(out))
@@ -92,7 +96,7 @@ def main() -> None:
     session = wl.session()
     session.flush()
     status = {"steps": session.step, "lr": optimizer.param_groups[0]["lr"], "hparams": hp, "seen": seen,
-              "step_of": steps_at_start, "dropped": session.dropped,
+              "step_of": steps_at_start, "lr_set_at": lr_set_at, "dropped": session.dropped,
               "dropped_by": {"ring": session.ring.dropped if session.ring else 0,
                              "publisher": session.publisher.dropped if session.publisher else 0}}
     wl.close()
