@@ -40,11 +40,11 @@ from PIL import Image
 
 from weightslab_shim import records
 from weightslab_shim.preview_offers import Fields, PreviewOffers
-from weightslab_shim.preview_offers import take as _take
 from weightslab_shim.previews import reduce
 from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
 from weightslab_shim.tensors import hold
+from weightslab_shim.tensors import take as _take
 from weightslabd.store.run import Run, RunOptions
 
 SHAPES = {"MNIST 1x28x28": (1, 28, 28), "CIFAR 3x32x32": (3, 32, 32), "ImageNet 3x224x224": (3, 224, 224),

@@ -27,7 +27,7 @@ from .previews import preview_bytes
 from .previews import reduce as reduce_previews
 from .publisher import Content
 from .records import SEP
-from .tensors import Deferred, Lazy, Staged, hold, nbytes_of, to_numpy
+from .tensors import Deferred, Lazy, Staged, hold, nbytes_of, take, to_numpy
 
 PREVIEWS_PER_STEP = 64
 PREVIEW_BYTES_SHARE = 4  # previews of one step take at most 1/4 of the largest record
@@ -181,15 +181,3 @@ def _on_device(*values: Any) -> bool:
 
 def _readable(path: str | None) -> bool:
     return bool(path) and os.access(str(path), os.R_OK)
-
-
-def take(values: Any, idx: np.ndarray) -> Any:
-    """`values[idx]` for a tensor (a GPU one indexed without waiting for its stream) or an array."""
-    if hasattr(values, "detach"):
-        import torch  # only reached with a torch tensor in hand
-
-        index = torch.from_numpy(idx)
-        if values.is_cuda:  # a pinned, non-blocking upload: a pageable one would wait for the stream
-            index = index.pin_memory().to(values.device, non_blocking=True)
-        return values[index]
-    return np.asarray(values)[idx]

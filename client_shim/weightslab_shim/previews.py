@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .tensors import Deferred, Staged, stage
+from .tensors import Deferred, Staged, stage, take
 
 # The Studio's modal shows a sample at full resolution: 224 px inputs pass whole, larger ones are thinned.
 PREVIEW_MAX_EDGE = 256
@@ -171,11 +171,7 @@ def reduce(inputs: Any, picked: np.ndarray | None) -> Staged | Deferred:
     if torch is not None and isinstance(inputs, torch.Tensor):
         batch = inputs.detach()
         if batch.is_cuda:
-            chosen = batch
-            if picked is not None:
-                chosen = batch[torch.from_numpy(picked).pin_memory().to(batch.device, non_blocking=True)]
-            slices = spatial_slices(tuple(chosen.shape[1:]))
-            return stage(_to_uint8_torch(torch, chosen[slices] if slices else chosen))
+            return stage(reduce_on_device(torch, batch, picked))
         held = batch.element_size() * batch.nelement()
         if batch.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
             return Deferred(lambda: _reduce_host((batch if picked is None else batch[torch.from_numpy(picked)])
@@ -183,6 +179,14 @@ def reduce(inputs: Any, picked: np.ndarray | None) -> Staged | Deferred:
         return Deferred(lambda: _reduce_host(batch.numpy(), picked), preview_bytes(batch, picked), held)
     array = np.asarray(inputs)
     return Deferred(lambda: _reduce_host(array, picked), preview_bytes(array, picked), array.nbytes)
+
+
+def reduce_on_device(torch: Any, batch: Any, picked: np.ndarray | None) -> Any:
+    """The pick, the stride and the 8-bit scaling as torch ops on `batch`'s own device (for a CUDA batch:
+    queued on the current stream, nothing waits for it); the small uint8 result stays there."""
+    chosen = batch if picked is None else take(batch, picked)
+    slices = spatial_slices(tuple(chosen.shape[1:]))
+    return _to_uint8_torch(torch, chosen[slices] if slices else chosen)
 
 
 def _reduce_host(batch: np.ndarray, picked: np.ndarray | None = None) -> np.ndarray:

@@ -127,6 +127,17 @@ def to_numpy(value: Any, dtype: Any = None) -> np.ndarray:
     return staged.array()
 
 
+def take(values: Any, idx: np.ndarray) -> Any:
+    """`values[idx]` for a tensor (a CUDA one indexed without waiting for its stream) or an array."""
+    torch = _torch()
+    if torch is not None and isinstance(values, torch.Tensor):
+        index = torch.from_numpy(idx)
+        if values.is_cuda:  # a pinned, non-blocking upload: a pageable one would wait for the stream
+            index = index.pin_memory().to(values.device, non_blocking=True)
+        return values[index]
+    return np.asarray(values)[idx]
+
+
 def nbytes_of(value: Any) -> int:
     """Size in bytes of a tensor or array-like, without copying a tensor to the host."""
     if hasattr(value, "element_size"):

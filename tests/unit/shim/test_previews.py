@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from weightslab_shim.previews import _to_uint8_torch, preview_bytes, reduce, spatial_slices, to_uint8
+from weightslab_shim.previews import (
+    _reduce_host,
+    _to_uint8_torch,
+    preview_bytes,
+    reduce,
+    reduce_on_device,
+    spatial_slices,
+    to_uint8,
+)
 
 RNG = np.random.default_rng(7)
 
@@ -94,3 +102,27 @@ def test_reduce_picks_the_samples_and_defers_the_work_for_a_host_batch() -> None
     assert out.dtype == np.uint8 and out.shape == (2, 3, 256, 128)
     assert np.array_equal(out[1], to_uint8(batch[1:2, :, ::2, ::2].numpy())[0])
     assert deferred.nbytes() == out.nbytes
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [
+    ((3, 224, 224), torch.float32),   # passes whole: the modal's resolution
+    ((3, 512, 384), torch.float32),   # thinned by 2
+    ((600, 300, 3), torch.float16),   # HWC, thinned by 3
+    ((1, 28, 28), torch.uint8),
+    ((28, 28), torch.int64),
+])
+def test_the_device_path_picks_thins_and_scales_as_the_host_path_does(
+        shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """`reduce_on_device` is what a CUDA batch goes through (torch ops queued on its stream); the same ops on
+    a CPU tensor must give the host path's previews, sample for sample."""
+    if dtype.is_floating_point:
+        batch = (torch.randn(5, *shape, generator=torch.Generator().manual_seed(3)) * 4 + 1).to(dtype)
+    else:
+        batch = torch.randint(0, 256 if dtype == torch.uint8 else 4000, (5, *shape), dtype=dtype)
+    picked = np.array([3, 0, 4])
+    on_device = reduce_on_device(torch, batch, picked)
+    host = batch.float().numpy() if dtype == torch.float16 else batch.numpy()
+    want = _reduce_host(host, picked)
+    assert on_device.dtype == torch.uint8 and tuple(on_device.shape) == want.shape
+    assert np.abs(on_device.numpy().astype(int) - want.astype(int)).max() <= 1  # float32 vs float64 rounding
+    assert np.array_equal(reduce_on_device(torch, batch, None).numpy()[[3, 0, 4]], on_device.numpy())
