@@ -121,6 +121,8 @@ class PreviewOffers:
         in_range = (id_arr >= 0) & (id_arr < have.size)
         need = np.flatnonzero(in_range & ~have[np.where(in_range, id_arr, 0)])[:PREVIEWS_PER_STEP]
         if need.size == 0:
+            if missing is None or missing[0] is not have:  # a mask from a welcome: count what it lacks once
+                self._missing[split] = (have, have.size - int(np.count_nonzero(have)), gen)
             return
         paths: list[str | None] = []
         if path_of is None:

@@ -79,6 +79,22 @@ def test_each_sample_once_then_no_lookup(attached: Session, monkeypatch: pytest.
     assert looked_up == []  # the daemon has them all: the step does not look them up
 
 
+def test_no_lookup_when_the_daemon_had_every_preview_at_the_welcome(attached: Session,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon restarted mid-run (or a resumed run) has every sample's preview already: after one lookup
+    that finds nothing to send, the steps neither keep their batch nor look it up again."""
+    attached.previews.welcome({"train": wire.pack_mask(np.ones(6, dtype=bool))}, {"train": 6}, False)
+    assert note(attached, [4, 1, 5]) == []
+    looked_up = []
+    real = np.flatnonzero
+    monkeypatch.setattr(np, "flatnonzero", lambda a: looked_up.append(1) or real(a))
+    attached.note_inputs("train", torch.tensor([0, 2]), torch.rand(2, 3, 4, 4))
+    assert attached.previews.take() is None  # nothing kept for the publisher
+    assert looked_up == []
+    attached.previews.unmark([("pids\x1ftrain\x1f0", Staged(np.array([2])))])  # a drop: 2 is offered again
+    assert note(attached, [0, 2]) == [2]
+
+
 def test_a_repeated_id_leaves_no_sample_out(attached: Session) -> None:
     assert note(attached, [0, 0, 1, 1, 2]) == [0, 0, 1, 1, 2]  # 5 ids, 3 samples: 3 still lack one
     assert note(attached, [3, 4]) == [3, 4]
