@@ -215,7 +215,7 @@ def report(sessions: list[dict[str, Any]], pairs: int, steps: int | None, load: 
     for phase, goal in (("first", 1.02), ("later", 1.005)):
         _, lo, hi = overhead.median_ci(paired(sessions, phase, "own"))
         print(f"goal, {phase} epoch{'s' if phase == 'later' else ''}: attached <= {goal} x detached in own time: "
-              f"[{lo:.3f}, {hi:.3f}] -> {overhead._verdict(lo, hi, goal)}")
+              f"[{lo:.3f}, {hi:.3f}] -> {overhead.verdict(lo, hi, goal)}")
     daemon = [s["daemon_ms"] for s in sessions if s["daemon_ms"] is not None]
     if daemon:
         print(f"daemon CPU per step over an attached session (all its threads): {statistics.median(daemon):.2f} ms")

@@ -344,13 +344,13 @@ QUIET_WINDOW_S = 0.3
 QUIET_TIMEOUT_S = 60.0
 
 
-def quiet_cpu(pid: int, rest_rate: float) -> tuple[float, float]:
+def quiet_cpu(pid: int, rest_rate: float, window: float = QUIET_WINDOW_S) -> tuple[float, float]:
     """(CPU seconds, monotonic time) once daemon `pid` has stopped working on what it was sent: it used
-    less than QUIET_CPU_S over a window, above `rest_rate` (its CPU seconds per second at rest)."""
+    less than QUIET_CPU_S over a `window` of seconds, above `rest_rate` (its CPU seconds per second at rest)."""
     deadline = time.monotonic() + QUIET_TIMEOUT_S
     before, began = process_cpu(pid), time.monotonic()
     while time.monotonic() < deadline:
-        time.sleep(QUIET_WINDOW_S)  # a measuring window, not a synchronisation
+        time.sleep(window)  # a measuring window, not a synchronisation
         now, at = process_cpu(pid), time.monotonic()
         if before is not None and now is not None and now - before - rest_rate * (at - began) < QUIET_CPU_S:
             return now, at
@@ -772,11 +772,11 @@ def direct(rows: Rows) -> None:
         _, dlo, dhi = median_ci(shares[("direct", ph)])
         goal = GOALS[ph]
         print(f"  goal, {ph} epoch{'s' if ph == 'later' else ''}: attached <= {goal} x detached. End to end (own "
-              f"time): [{lo:.3f}, {hi:.3f}] -> {_verdict(lo, hi, goal)}; direct cost: [{dlo:+.2f}, {dhi:+.2f}] % "
-              f"-> {_verdict(1 + dlo / 100, 1 + dhi / 100, goal)}")
+              f"time): [{lo:.3f}, {hi:.3f}] -> {verdict(lo, hi, goal)}; direct cost: [{dlo:+.2f}, {dhi:+.2f}] % "
+              f"-> {verdict(1 + dlo / 100, 1 + dhi / 100, goal)}")
 
 
-def _verdict(lo: float, hi: float, goal: float) -> str:
+def verdict(lo: float, hi: float, goal: float) -> str:
     return "met" if hi <= goal else "not met" if lo > goal else "not settled by this run"
 
 
