@@ -65,10 +65,9 @@ GROUP = (False, True, True, False)  # the state of each block of a group: off, o
 
 
 def alternating_blocks(loop: overhead.Loop, clock: overhead.ThreadClock, groups: int, block: int,
-                       switch: Callable[[bool], None], settle: Callable[[], None] | None = None,
-                       lead: int = 0) -> dict[str, list[float]]:
+                       switch: Callable[[bool], None], settle: Callable[[], None]) -> dict[str, list[float]]:
     """`groups` groups of four blocks of `block` timed steps, in the states of GROUP: `switch(state)`
-    before each block (and `switch(False)` after an "on" one, whatever happens), then `lead` steps that
+    before each block (and `switch(False)` after an "on" one, whatever happens), then LEAD steps that
     are not timed (the block's state settles in), `settle()` after each block, before that switch back.
     Per group: "own" and "cpu", on / off (sums of the block medians: drift within a group cancels), and
     "blocked", "shim", "runq", on - off as a share of the off blocks' own time."""
@@ -78,11 +77,10 @@ def alternating_blocks(loop: overhead.Loop, clock: overhead.ThreadClock, groups:
         for on in GROUP:
             switch(on)
             try:
-                for _ in range(lead):
+                for _ in range(LEAD):
                     loop.step()
                 figures = overhead.run_phase(loop, block, clock)
-                if settle is not None:
-                    settle()  # still in the block's state: what it left pending is done as it would be
+                settle()  # still in the block's state: what it left pending is done as it would be
             finally:
                 if on:
                     switch(False)
@@ -194,7 +192,7 @@ def session_blocks(first: bool, what: str, attached: bool, dataset: Any, parts: 
             previews.have[SPLIT] = everything  # the warm-up sends nothing: every later id is new
         overhead.run_phase(loop, EPOCH, clock)  # warm-up, not measured (in --phase later: the first epoch)
         settle()
-        ratios = alternating_blocks(loop, clock, groups, block, switch, settle, LEAD)
+        ratios = alternating_blocks(loop, clock, groups, block, switch, settle)
     finally:
         os.kill(pid, signal.SIGCONT)
     sent = int(real.sum())
