@@ -23,9 +23,17 @@ import numpy as np
 from PIL import Image
 
 from weightslab_shim.previews import PREVIEW_MAX_EDGE, channel_axis
-from weightslabd.store.thumbnails import PNG_MAX_EDGE, choose_format, encode_as, fit_size, to_pixels
+from weightslabd.store.thumbnails import (
+    PNG_MAX_EDGE,
+    ThumbnailError,
+    choose_format,
+    encode_as,
+    fit_size,
+    pixel_layout,
+    to_pixels,
+)
 
-__all__ = ["MAX_BYTES", "MAX_EDGE", "PIXEL_FORMATS", "Encoded", "encode_preview", "decode"]
+__all__ = ["MAX_BYTES", "MAX_EDGE", "PIXEL_FORMATS", "Encoded", "Pixels", "encode_preview", "encode_block", "decode"]
 
 MAX_EDGE = PREVIEW_MAX_EDGE
 MAX_BYTES = 32 * 1024
@@ -79,6 +87,40 @@ def encode_preview(array: np.ndarray) -> Encoded:
         fmt = choose_format(image)
         data = encode_as(image, fmt) if fmt == "PNG" else _lossy(image, fmt, _FALLBACK_QUALITIES[-1])
     return Encoded(data, fmt, image.width, image.height)
+
+
+@dataclass(frozen=True, slots=True)
+class Pixels:
+    """The previews of a block of samples kept as their pixels: one row of `data` per sample."""
+
+    data: np.ndarray  # uint8 (samples, bytes of one image)
+    fmt: str  # "RAW" or "PLANAR"
+    width: int
+    height: int
+
+
+def encode_block(inputs: np.ndarray) -> Pixels | None:
+    """The previews of a block of samples of one shape (axis 0), all at once, when they are kept as their
+    pixels (8-bit and up to PNG_MAX_EDGE: what a first epoch of small images sends); None otherwise (each
+    is then encoded alone by `encode_preview`). The same bytes as `encode_preview` of each sample: for
+    uint8 inputs the format and layout follow from the shape alone, so the layout of an array of indices
+    of that shape gives one gather for them all."""
+    if inputs.dtype != np.uint8 or inputs.ndim < 3 or len(inputs) == 0:
+        return None
+    flat = np.ascontiguousarray(inputs).reshape(len(inputs), -1)
+    planar = _planar(inputs[0])
+    if planar is not None:
+        return Pixels(flat, planar.fmt, planar.width, planar.height)
+    try:
+        where = np.ascontiguousarray(pixel_layout(np.arange(flat.shape[1]).reshape(inputs.shape[1:])))
+    except ThumbnailError:
+        return None  # each is tried alone, and the error said
+    height, width = where.shape[:2]
+    if max(width, height) > PNG_MAX_EDGE:
+        return None
+    if not np.array_equal(where.reshape(-1), np.arange(flat.shape[1])):
+        flat = flat[:, where.reshape(-1)]  # planes into pixels, or the first of several channels
+    return Pixels(flat, "RAW", width, height)
 
 
 def _planar(array: np.ndarray) -> Encoded | None:

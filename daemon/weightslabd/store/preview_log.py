@@ -26,16 +26,20 @@ from typing import Any
 
 import numpy as np
 
-from weightslabd.store.preview_encoder import FORMATS, Encoded
+from weightslabd.store.preview_encoder import FORMATS, Encoded, Pixels
 
-__all__ = ["LOG", "INDEX", "MAGIC", "Entry", "Index", "header", "generation_of", "pack_entry", "unpack_entry",
-           "write_index", "read_index", "write_atomically"]
+__all__ = ["LOG", "INDEX", "MAGIC", "Entry", "Index", "header", "generation_of", "pack_entry", "pack_block",
+           "unpack_entry", "write_index", "read_index", "write_atomically"]
 
 LOG = "previews.log"
 INDEX = "previews.index"
 MAGIC = b"weightslabd-previews\n"
 _ENTRY = struct.Struct("<cqHHBHH")
 _KIND = b"E"
+# _ENTRY as a numpy record, to lay out many entries' heads at once (pack_block)
+_HEAD = np.dtype([("kind", "S1"), ("sample_id", "<i8"), ("split_len", "<u2"), ("path_len", "<u2"), ("fmt", "u1"),
+                  ("width", "<u2"), ("height", "<u2")])
+assert _HEAD.itemsize == _ENTRY.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,21 @@ def pack_entry(entry: Entry) -> bytes:
     width, height = image.size if image is not None else (0, 0)
     head = _ENTRY.pack(_KIND, entry.sample_id, len(split), len(path), fmt, width, height)
     return b"".join((head, split, path, image.data if image is not None else b""))
+
+
+def pack_block(split: str, ids: np.ndarray, pixels: Pixels) -> np.ndarray:
+    """The entries of a block of samples of one split, no path, each kept as its pixels, as rows of one
+    uint8 array (one payload per row): what `pack_entry` gives for each, without a call per sample."""
+    name = split.encode()
+    n, size = pixels.data.shape
+    out = np.empty((n, _ENTRY.size + len(name) + size), np.uint8)
+    head = np.zeros(n, _HEAD)
+    head["kind"], head["sample_id"], head["split_len"] = _KIND, ids, len(name)
+    head["fmt"], head["width"], head["height"] = FORMATS.index(pixels.fmt), pixels.width, pixels.height
+    out[:, :_ENTRY.size] = head.view(np.uint8).reshape(n, _ENTRY.size)
+    out[:, _ENTRY.size:_ENTRY.size + len(name)] = np.frombuffer(name, np.uint8)
+    out[:, _ENTRY.size + len(name):] = pixels.data
+    return out
 
 
 def unpack_entry(payload: bytes | memoryview) -> Entry:

@@ -1,13 +1,17 @@
 """A run's previews at rest: one encoded image (or image file path) per sample, in `previews.log`.
 
 Ingest never encodes and never waits: `ingest` copies the new samples' inputs into a bounded queue
-(at most MAX_PENDING samples and MAX_PENDING_BYTES) and returns. A worker thread encodes them
-(preview_encoder.py: at most 256 px a side, at most 32 KB) and appends one entry per sample to the
-log. Under pressure the queue coalesces (a newer input of a queued sample replaces the older one);
-once it holds half its bytes, new inputs are queued thinned to PRESSURE_EDGE px (a strided pick:
-cheaper to copy and ~12x cheaper to encode; the grid still shows them, the modal at that size);
-past its bounds a new sample is not queued and counted `dropped` (the welcome then lacks it, so the
-trainer sends it again when it next attaches).
+(at most MAX_PENDING samples and MAX_PENDING_BYTES) and returns. The queue holds blocks: a record's
+new samples, their inputs in one array (at most BLOCK of them). A worker thread takes a block at a
+time, encodes its samples (preview_encoder.py: at most 256 px a side, at most 32 KB) and appends one
+entry per sample to the log in one write. A block of small 8-bit images (a first epoch of CIFAR, say)
+is kept as its pixels all at once, with no call per sample but the checksum's: the work on a sample
+is numpy's, not Python's (bench/previews.py --daemon-only). Under pressure the queue coalesces (a
+newer input of a queued sample replaces the older one, in its place); once it holds half its bytes,
+new inputs are queued thinned to PRESSURE_EDGE px (a strided pick: cheaper to copy and ~12x cheaper
+to encode; the grid still shows them, the modal at that size); past its bounds a new sample is not
+queued and counted `dropped` (the welcome then lacks it, so the trainer sends it again when it next
+attaches).
 
 Each sample is encoded once. A sample that arrives again after it was stored is encoded again only if
 the Studio asked for its image since: never more often than the Studio looks. Its newer entry then
@@ -31,7 +35,7 @@ import itertools
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +49,7 @@ from weightslab_shim.previews import spatial_slices
 from weightslab_shim.records import SEP
 from weightslabd.store import preview_log as fmt
 from weightslabd.store.framedlog import FRAME, FramedLog, read_frames
-from weightslabd.store.preview_encoder import Encoded, encode_preview
+from weightslabd.store.preview_encoder import Encoded, encode_block, encode_preview
 
 __all__ = ["PreviewStore", "Source"]
 
@@ -54,7 +58,8 @@ log = structlog.get_logger("weightslabd.store.preview_store")
 MAX_PENDING = 8192
 MAX_PENDING_BYTES = 64 << 20  # past half of it, inputs are queued thinned to PRESSURE_EDGE; past all, dropped
 PRESSURE_EDGE = 64
-CHUNK = 64  # samples the worker takes at a time
+CHUNK = 64  # samples of an older daemon's log the worker converts at a time
+BLOCK = 256  # samples of a record queued together, at most: what the worker takes at a time
 INDEX_EVERY = 20_000  # entries appended between index writes: bounds the scan after a crash
 COMPACT_MIN_BYTES = 8 << 20
 RECENT_LEGACY_FRAMES = 16
@@ -63,10 +68,24 @@ Key = tuple[str, int]
 Source = np.ndarray | Encoded | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    array: np.ndarray | None  # the input, copied out of the ring
-    path: str
+@dataclass(slots=True)
+class _Block:
+    """New samples of one record, queued together: row i is sample ids[i]."""
+
+    serial: int
+    split: str
+    ids: np.ndarray  # int64
+    inputs: np.ndarray | None  # their inputs, copied out of the ring (row i: ids[i]); None: paths only
+    paths: list[str]  # row i's image file ("" for none), or [] when none has one
+    queued: np.ndarray  # bool: still to store (False once a newer input of the sample took its place)
+    taken: bool = False  # the worker is on it
+
+    @property
+    def row_bytes(self) -> int:
+        return 0 if self.inputs is None else int(self.inputs[0].nbytes)
+
+    def path(self, row: int) -> str:
+        return self.paths[row] if row < len(self.paths) else ""
 
 
 class PreviewStore:
@@ -83,9 +102,14 @@ class PreviewStore:
         self._log_lock = threading.Lock()  # readers against the swap of a compaction
         self._offsets: dict[str, np.ndarray] = {}  # per split, offset of each sample's entry (-1: none)
         self._looked: dict[str, np.ndarray] = {}  # per split, asked for by the Studio since its last encode
-        self._pending: OrderedDict[Key, _Pending] = OrderedDict()
+        self._blocks: dict[int, _Block] = {}  # queued or being stored, by serial
+        self._queue: deque[int] = deque()  # serials of the blocks to store, oldest first
+        self._serials = itertools.count()
+        self._block_of: dict[str, np.ndarray] = {}  # per split, each sample's block serial (-1: none)
+        self._row_of: dict[str, np.ndarray] = {}  # per split, each sample's row in its block
+        self._pending = 0  # samples queued, not yet taken
         self._pending_bytes = 0
-        self._in_flight: set[Key] = set()
+        self._in_flight: set[Key] = set()  # samples of an older daemon's log being converted
         self._legacy: dict[Key, tuple[int, int]] = {}  # samples only in a legacy log: (file, frame offset)
         self._legacy_logs: list[FramedLog] = []
         self._legacy_frames: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
@@ -174,53 +198,99 @@ class PreviewStore:
             if inputs is not None and inputs.ndim < 2:
                 inputs = None  # not one array per sample: the record's other fields still count
             paths = _paths(fields.get(f"xpath{SEP}{split}{SEP}{serial}"))
-            flat = ids.reshape(-1).tolist()
+            flat = ids.reshape(-1).astype(np.int64, copy=False)
+            valid = np.flatnonzero((flat >= 0) & (flat < size))
+            rows = _last_of_each(flat, valid)  # a sample twice in one record: its later row wins
             with self._cond:
+                self.stats_["ingested"] += len(flat)
+                self.stats_["coalesced"] += len(valid) - len(rows)
                 offsets = self._grow(self._offsets, split, size, -1)
                 looked = self._grow(self._looked, split, size, False)
+                queued = self._grow(self._block_of, split, size, -1)
+                sids = flat[rows]
                 # stored, and not looked at since: not encoded again
-                picks = [i for i, sid in enumerate(flat) if 0 <= sid < size
-                         and (offsets[sid] < 0 or looked[sid] or (split, sid) in self._pending)]
-                self.stats_["ingested"] += len(flat)
-                self.stats_["skipped"] += len(flat) - len(picks)
+                wanted = rows[(offsets[sids] < 0) | looked[sids] | (queued[sids] >= 0)]
+                self.stats_["skipped"] += len(flat) - len(valid) + len(rows) - len(wanted)
                 room = MAX_PENDING_BYTES // 2 - self._pending_bytes
-            if not picks:
+            rows = wanted
+            if not rows.size:
                 continue
-            rows = [i for i in picks if inputs is not None and i < len(inputs)]
-            copied: dict[int, np.ndarray] = {}
-            if rows and inputs is not None:
-                if inputs[0].nbytes * len(rows) > room:  # the encoder is behind: queue these at thumbnail size
-                    inputs = inputs[spatial_slices(inputs.shape[1:], PRESSURE_EDGE) or (slice(None),)]
-                    self.stats_["thinned"] += len(rows)
-                copied = dict(zip(rows, inputs[rows], strict=True))  # one copy: the ring's memory is reused
-            with self._cond:
-                looked = self._grow(self._looked, split, size, False)
-                for i in picks:
-                    array, path = copied.get(i), paths[i] if i < len(paths) else ""
-                    if array is not None or path:
-                        self._queue((split, flat[i]), array, path)
-                        looked[flat[i]] = False
-                self._cond.notify_all()
+            if inputs is not None:
+                with_input = rows[rows < len(inputs)]
+                if with_input.size:
+                    if inputs[0].nbytes * len(with_input) > room:  # the encoder is behind: queue these thinned
+                        inputs = inputs[spatial_slices(inputs.shape[1:], PRESSURE_EDGE) or (slice(None),)]
+                        self.stats_["thinned"] += len(with_input)
+                    # one copy out of the ring (its memory is reused), outside the lock
+                    self._enqueue(split, flat[with_input], inputs[with_input], _pick(paths, with_input))
+                rows = rows[rows >= len(inputs)]
+            if paths and rows.size:  # no input, only an image file the daemon may read
+                named = rows[[i < len(paths) and bool(paths[i]) for i in rows.tolist()]]
+                if named.size:
+                    self._enqueue(split, flat[named], None, _pick(paths, named))
 
-    def _queue(self, key: Key, array: np.ndarray | None, path: str) -> None:
-        """Under the lock: queue one sample's input; a newer one replaces a queued one (coalescing)."""
-        nbytes = 0 if array is None else array.nbytes
-        old = self._pending.get(key)
-        if old is None and key in self._in_flight:
-            self.stats_["skipped"] += 1
-            return
-        if old is None and (len(self._pending) >= MAX_PENDING or self._pending_bytes + nbytes > MAX_PENDING_BYTES):
-            self.stats_["dropped"] += 1
-            if not self._warned_drop:
-                self._warned_drop = True
-                log.warning("preview encoding behind: new previews dropped until it catches up; the trainer "
-                            "sends them again when it next attaches", pending=len(self._pending))
-            return
-        if old is not None:
-            self.stats_["coalesced"] += 1
-            self._pending_bytes -= 0 if old.array is None else old.array.nbytes
-        self._pending[key] = _Pending(array, path)
-        self._pending_bytes += nbytes
+    def _enqueue(self, split: str, sids: np.ndarray, inputs: np.ndarray | None, paths: list[str]) -> None:
+        """Queue these samples' inputs (the store's own copy, kept as it is) and paths (one per sample, or
+        none). A sample already queued takes the newer input in its place; one being stored is skipped."""
+        with self._cond:
+            size = len(self._block_of[split])
+            queued = self._grow(self._block_of, split, size, -1)
+            where = queued[sids]
+            keep = np.ones(len(sids), np.bool_)
+            for serial in np.unique(where[where >= 0]).tolist():
+                block, mine = self._blocks[serial], np.flatnonzero(where == serial)
+                rows = self._row_of[split][sids[mine]]
+                if block.taken:  # being stored: the input it has is as good
+                    keep[mine] = False
+                    self.stats_["skipped"] += len(mine)
+                    continue
+                self.stats_["coalesced"] += len(mine)
+                if inputs is not None and block.inputs is not None and block.inputs.shape[1:] == inputs.shape[1:] \
+                        and block.inputs.dtype == inputs.dtype:
+                    block.inputs[rows] = inputs[mine]  # in its place: the queue's order and bytes stay
+                    if paths and not block.paths:
+                        block.paths = [""] * len(block.ids)
+                    for row, i in zip(rows.tolist(), mine.tolist(), strict=True):
+                        if block.paths:
+                            block.paths[row] = paths[i] if i < len(paths) else ""
+                    keep[mine] = False
+                else:  # another shape (thinned, say): out of the older block, into the new one
+                    block.queued[rows] = False
+                    self._pending -= len(mine)
+                    self._pending_bytes -= block.row_bytes * len(mine)
+            self._grow(self._looked, split, size, False)[sids] = False
+            row_bytes = 0 if inputs is None else int(inputs[0].nbytes)
+            new = keep & (where < 0)
+            fits = max(0, min(MAX_PENDING - self._pending,
+                              (MAX_PENDING_BYTES - self._pending_bytes) // row_bytes if row_bytes else MAX_PENDING))
+            if np.count_nonzero(new) > fits:
+                dropped = np.flatnonzero(new)[fits:]
+                keep[dropped] = False
+                self.stats_["dropped"] += len(dropped)
+                if not self._warned_drop:
+                    self._warned_drop = True
+                    log.warning("preview encoding behind: new previews dropped until it catches up; the trainer "
+                                "sends them again when it next attaches", pending=self._pending)
+            chosen = np.flatnonzero(keep)
+            if chosen.size:
+                whole = len(chosen) == len(sids)
+                block_inputs = None if inputs is None else inputs if whole else inputs[chosen]
+                block_paths = _pick(paths, chosen) if paths and not whole else paths
+                for at in range(0, len(chosen), BLOCK):
+                    part = slice(at, at + BLOCK)
+                    self._add_block(split, sids[chosen[part]], None if block_inputs is None else block_inputs[part],
+                                    block_paths[part])
+            self._cond.notify_all()
+
+    def _add_block(self, split: str, sids: np.ndarray, inputs: np.ndarray | None, paths: list[str]) -> None:
+        """Under the lock."""
+        serial = next(self._serials)
+        self._blocks[serial] = _Block(serial, split, sids.copy(), inputs, paths, np.ones(len(sids), np.bool_))
+        self._queue.append(serial)
+        self._block_of[split][sids] = serial
+        self._grow(self._row_of, split, len(self._block_of[split]), 0)[sids] = np.arange(len(sids))
+        self._pending += len(sids)
+        self._pending_bytes += 0 if inputs is None else int(inputs[0].nbytes) * len(sids)
 
     # -- the Studio ------------------------------------------------------------------------------------
 
@@ -239,13 +309,13 @@ class PreviewStore:
         entry = None
         with self._log_lock:  # the offset and the read in one go: a compaction swaps the log between
             with self._cond:
-                pending = self._pending.get(key)
+                pending = self._queued_input(*key)
                 offset = self._entry_offset(split, key[1])
                 legacy = self._legacy.get(key)
             if pending is None and offset >= 0:
                 entry = self._read(offset)
         if pending is not None:
-            array, path = pending.array, pending.path
+            array, path = pending
         elif entry is not None:
             original = self._original(entry.path) if entry.path else None
             return original if original is not None else entry.image
@@ -256,6 +326,15 @@ class PreviewStore:
         original = self._original(path) if path else None
         return original if original is not None else array
 
+    def _queued_input(self, split: str, sid: int) -> tuple[np.ndarray | None, str] | None:
+        """Under the lock: (input, path) of a sample queued or being stored (a copy: a newer input may
+        take its place in the queue); None when it is not."""
+        queued = self._block_of.get(split)
+        if queued is None or not 0 <= sid < len(queued) or queued[sid] < 0:
+            return None
+        block, row = self._blocks[int(queued[sid])], int(self._row_of[split][sid])
+        return (None if block.inputs is None else block.inputs[row].copy()), block.path(row)
+
     def masks(self) -> dict[str, np.ndarray]:
         """Per split, which samples have a preview (at rest, queued or being encoded)."""
         with self._cond:
@@ -265,14 +344,17 @@ class PreviewStore:
                 if size is None:
                     continue
                 out[split] = self._grow(self._offsets, split, size, -1)[:size] >= 0
-            for split, sid in (*self._pending, *self._in_flight, *self._legacy):
+                queued = self._block_of.get(split)
+                if queued is not None:
+                    out[split] |= queued[:size] >= 0
+            for split, sid in (*self._in_flight, *self._legacy):
                 if split in out and sid < len(out[split]):
                     out[split][sid] = True
             return out
 
     def stats(self) -> dict[str, int]:
         with self._cond:
-            return {**self.stats_, "pending": len(self._pending), "pending_bytes": self._pending_bytes,
+            return {**self.stats_, "pending": self._pending, "pending_bytes": self._pending_bytes,
                     "legacy": len(self._legacy), "live_bytes": self._live, "dead_bytes": self._dead,
                     "log_bytes": self.log.size}
 
@@ -289,7 +371,7 @@ class PreviewStore:
         """Block until nothing is queued, encoded or maintained (with `converted`, and no legacy log is
         left), at most `timeout`; whether it came to that."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._pending and not self._in_flight and not self._working
+            return self._cond.wait_for(lambda: not self._blocks and not self._in_flight and not self._working
                                        and not (converted and self._legacy_logs), timeout)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -314,28 +396,23 @@ class PreviewStore:
     def _work(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or bool(self._pending) or bool(self._legacy)
+                self._cond.wait_for(lambda: self._stopping or bool(self._queue) or bool(self._legacy)
                                     or self._legacy_done())
                 if self._stopping:
                     return
-                take: list[tuple[Key, _Pending | None]] = []
-                if self._pending:
-                    take = [self._pending.popitem(last=False) for _ in range(min(CHUNK, len(self._pending)))]
-                    self._pending_bytes -= sum(0 if item is None or item.array is None else item.array.nbytes
-                                               for _, item in take)
-                    legacy = False
-                else:
-                    take = [(key, None) for key in itertools.islice(self._legacy, CHUNK)]
-                    legacy = True
-                self._in_flight.update(key for key, _ in take)
+                block, take = self._take()
                 self._working = True
             try:
-                self._encode_and_store(take, legacy)
+                if block is not None:
+                    self._store_block(block)
+                else:
+                    self._convert(take)
             except Exception as exc:  # noqa: BLE001 - a full disk, say: these are lost (the welcome lacks them)
-                log.error("previews not stored", count=len(take), error=f"{type(exc).__name__}: {exc}"[:300])
+                count = len(take) if block is None else int(np.count_nonzero(block.queued))
+                log.error("previews not stored", count=count, error=f"{type(exc).__name__}: {exc}"[:300])
             finally:
                 with self._cond:
-                    self._in_flight.difference_update(key for key, _ in take)
+                    self._release(block, take)
                     self._cond.notify_all()
             try:
                 self._maintain()
@@ -349,57 +426,117 @@ class PreviewStore:
                     self._working = False
                     self._cond.notify_all()
 
-    def _encode_and_store(self, take: list[tuple[Key, _Pending | None]], legacy: bool) -> None:
+    def _take(self) -> tuple[_Block | None, list[Key]]:
+        """Under the lock: the next block to store, else the next samples of an older daemon's log."""
+        if self._queue:
+            block = self._blocks[self._queue.popleft()]
+            block.taken = True
+            count = int(np.count_nonzero(block.queued))
+            self._pending -= count
+            self._pending_bytes -= block.row_bytes * count
+            return block, []
+        take = list(itertools.islice(self._legacy, CHUNK))
+        self._in_flight.update(take)
+        return None, take
+
+    def _release(self, block: _Block | None, take: list[Key]) -> None:
+        """Under the lock: the block (or legacy samples) is stored, or given up."""
+        if block is None:
+            self._in_flight.difference_update(take)
+            return
+        del self._blocks[block.serial]
+        queued = self._block_of[block.split]
+        queued[block.ids[queued[block.ids] == block.serial]] = -1
+
+    def _store_block(self, block: _Block) -> None:
+        """Encode a block's samples and append their entries in one write."""
+        rows = np.flatnonzero(block.queued)
+        if not rows.size:
+            return
+        ids = block.ids[rows]
+        inputs = block.inputs if block.inputs is None or len(rows) == len(block.ids) else block.inputs[rows]
+        if inputs is not None and not any(block.paths):
+            began = time.thread_time_ns()
+            pixels = encode_block(inputs)  # small 8-bit images: all at once
+            self.stats_["encode_ns"] += time.thread_time_ns() - began
+            if pixels is not None:
+                payloads = fmt.pack_block(block.split, ids, pixels)
+                offsets = self.log.append_rows(payloads)  # one write for the block
+                self._stored(block.split, ids, offsets, np.full(len(ids), FRAME.size + payloads.shape[1]), len(ids))
+                return
+        entries = []
+        for i, (row, sid) in enumerate(zip(rows.tolist(), ids.tolist(), strict=True)):
+            image = None if inputs is None else self._encode(block.split, sid, inputs[i])
+            if image is not None or block.path(row):
+                entries.append(fmt.Entry(block.split, sid, block.path(row), image))
+        self._append(entries)
+
+    def _convert(self, take: list[Key]) -> None:
+        """Store the entries of samples of an older daemon's log (each: its input, encoded, or its path)."""
         entries: list[fmt.Entry] = []
-        for key, item in take:
-            if legacy:
-                with self._cond:
-                    where = self._legacy.get(key)
-                if where is None or self._entry_offset(*key) >= 0:
-                    self._drop_legacy(key)
-                    continue
-                try:
-                    array, path = self._legacy_sample(key, where)
-                except (OSError, ValueError) as exc:  # a damaged frame (MalformedPayload is a ValueError)
-                    log.error("legacy preview unreadable", split=key[0], sample_id=key[1],
-                              error=f"{type(exc).__name__}: {exc}"[:300])
-                    self._drop_legacy(key)
-                    continue
-                item = _Pending(array, path)
-            assert item is not None
-            image = None
-            if item.array is not None:
-                began = time.thread_time_ns()
-                try:
-                    image = encode_preview(item.array)
-                except Exception as exc:  # noqa: BLE001 - one bad sample must not stop the others
-                    self.stats_["errors"] += 1
-                    if self.stats_["errors"] <= 3:
-                        log.error("preview not encoded", split=key[0], sample_id=key[1],
-                                  error=f"{type(exc).__name__}: {exc}"[:300])
-                self.stats_["encode_ns"] += time.thread_time_ns() - began
-            if image is not None or item.path:
-                entries.append(fmt.Entry(key[0], key[1], item.path, image))
-            elif legacy:
+        for key in take:
+            with self._cond:
+                where = self._legacy.get(key)
+            if where is None or self._entry_offset(*key) >= 0:
                 self._drop_legacy(key)
-        stored: dict[str, tuple[list[int], list[int]]] = {}
-        payloads = [fmt.pack_entry(entry) for entry in entries]
-        offsets = self.log.append_many(payloads)  # one write for the chunk
+                continue
+            try:
+                array, path = self._legacy_sample(key, where)
+            except (OSError, ValueError) as exc:  # a damaged frame (MalformedPayload is a ValueError)
+                log.error("legacy preview unreadable", split=key[0], sample_id=key[1],
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+                self._drop_legacy(key)
+                continue
+            image = None if array is None else self._encode(key[0], key[1], array)
+            if image is not None or path:
+                entries.append(fmt.Entry(key[0], key[1], path, image))
+            else:
+                self._drop_legacy(key)
+        self._append(entries)
         with self._cond:
-            for entry, payload, offset in zip(entries, payloads, offsets, strict=True):
-                renewed = self._place(entry.split, entry.sample_id, offset, FRAME.size + len(payload))
-                self._since_index += 1
-                self.stats_["encoded"] += entry.image is not None
-                if legacy:
-                    self.stats_["converted"] += 1
-                    self._legacy.pop((entry.split, entry.sample_id), None)
-                ids, renewed_ids = stored.setdefault(entry.split, ([], []))
-                ids.append(entry.sample_id)
-                if renewed:
-                    renewed_ids.append(entry.sample_id)
+            for entry in entries:
+                self.stats_["converted"] += 1
+                self._legacy.pop((entry.split, entry.sample_id), None)
+
+    def _encode(self, split: str, sid: int, array: np.ndarray) -> Encoded | None:
+        """One sample's preview; None (logged, a few times) for what is not an image."""
+        began = time.thread_time_ns()
+        try:
+            return encode_preview(array)
+        except Exception as exc:  # noqa: BLE001 - one bad sample must not stop the others
+            self.stats_["errors"] += 1
+            if self.stats_["errors"] <= 3:
+                log.error("preview not encoded", split=split, sample_id=sid, error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
+        finally:
+            self.stats_["encode_ns"] += time.thread_time_ns() - began
+
+    def _append(self, entries: list[fmt.Entry]) -> None:
+        """Append entries in one write, then place them."""
+        payloads = [fmt.pack_entry(entry) for entry in entries]
+        offsets = self.log.append_many(payloads)
+        for split in dict.fromkeys(entry.split for entry in entries):
+            mine = [i for i, entry in enumerate(entries) if entry.split == split]
+            self._stored(split, np.array([entries[i].sample_id for i in mine], np.int64),
+                         np.array([offsets[i] for i in mine], np.int64),
+                         np.array([FRAME.size + len(payloads[i]) for i in mine], np.int64),
+                         sum(entries[i].image is not None for i in mine))
+
+    def _stored(self, split: str, ids: np.ndarray, offsets: np.ndarray, frame_bytes: np.ndarray, encoded: int) -> None:
+        """These samples' entries (distinct ids) are in the log at `offsets`: place them, then tell."""
+        with self._cond:
+            arr = self._grow(self._offsets, split, max(int(ids.max()) + 1, self._size_of(split) or 0), -1)
+            old = arr[ids]
+            arr[ids] = offsets
+            self._live += int(frame_bytes.sum())
+            for offset in old[old >= 0].tolist():  # superseded
+                size = self._frame_bytes(offset)
+                self._live -= size
+                self._dead += size
+            self._since_index += len(ids)
+            self.stats_["encoded"] += encoded
         if self._on_stored is not None:
-            for split, (ids, renewed_ids) in stored.items():
-                self._on_stored(split, ids, renewed_ids)
+            self._on_stored(split, ids.tolist(), ids[old >= 0].tolist())
 
     def _drop_legacy(self, key: Key) -> None:
         with self._cond:
@@ -420,7 +557,7 @@ class PreviewStore:
 
     def _legacy_done(self) -> bool:
         """Under the lock: every sample of the legacy logs is at rest (or had nothing to show)."""
-        return bool(self._legacy_logs) and not self._legacy and not self._pending
+        return bool(self._legacy_logs) and not self._legacy and not self._queue
 
     # -- at rest -----------------------------------------------------------------------------------------
 
@@ -573,3 +710,14 @@ def _paths(field: np.ndarray | None) -> list[str]:
         return []
 
 
+def _pick(paths: list[str], rows: np.ndarray) -> list[str]:
+    """The paths of these rows ("" where there is none); [] when there are none at all."""
+    return [paths[i] if i < len(paths) else "" for i in rows.tolist()] if paths else []
+
+
+def _last_of_each(flat: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Of these rows of `flat` (in order), the last row of each sample id, in order."""
+    if len(rows) < 2:
+        return rows
+    _, last = np.unique(flat[rows][::-1], return_index=True)
+    return rows[::-1][np.sort(last)][::-1] if len(last) < len(rows) else rows

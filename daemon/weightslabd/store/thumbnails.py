@@ -13,8 +13,8 @@ from PIL import Image
 
 from weightslab_shim.previews import channel_axis, to_uint8
 
-__all__ = ["PNG_MAX_EDGE", "JPEG_QUALITY", "ThumbnailError", "to_image", "to_pixels", "fit_size", "choose_format",
-           "encode", "encode_as", "thumbnail"]
+__all__ = ["PNG_MAX_EDGE", "JPEG_QUALITY", "ThumbnailError", "to_image", "to_pixels", "pixel_layout", "fit_size",
+           "choose_format", "encode", "encode_as", "thumbnail"]
 
 # At or below this longest edge a thumbnail is lossless PNG: MNIST/CIFAR/64 px pixels are seen one by one,
 # and 8x8 JPEG blocks on a 32 px image are plain to see. At 128 px an RGB PNG is ~8x a q85 JPEG (bench).
@@ -52,6 +52,13 @@ def to_pixels(array: np.ndarray) -> np.ndarray:
         raise ThumbnailError(f"cannot show dtype {arr.dtype} as an image")
     if arr.size == 0:
         raise ThumbnailError(f"cannot show an empty array (shape {arr.shape}) as an image")
+    return np.ascontiguousarray(to_uint8(pixel_layout(arr)[None])[0])  # the shim's rules, so its 8-bit previews agree
+
+
+def pixel_layout(arr: np.ndarray) -> np.ndarray:
+    """The view of one sample's array as rows of pixels (HW, HW3 or HW4), by `to_pixels`' layout rules.
+    It depends on the shape alone, so an array of indices gives where each pixel comes from.
+    Raises ThumbnailError for a shape that cannot be an image."""
     shape = arr.shape
     while arr.ndim > 2 and arr.shape[0] == 1:
         arr = arr[0]
@@ -62,7 +69,7 @@ def to_pixels(array: np.ndarray) -> np.ndarray:
             arr = np.moveaxis(arr, 0, -1)
         if arr.shape[2] in (1, 2) or arr.shape[2] > 4:
             arr = arr[:, :, 0]
-    return np.ascontiguousarray(to_uint8(arr[None])[0])  # the shim's rules, so its 8-bit previews agree
+    return arr
 
 
 def fit_size(width: int, height: int, req_width: int, req_height: int, default_longest: int) -> tuple[int, int]:

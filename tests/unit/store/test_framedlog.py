@@ -103,6 +103,40 @@ def test_append_many_on_a_full_disk_leaves_none_of_its_frames(open_log: Callable
     assert [p for _, p in log.frames()] == [b"kept"]
 
 
+def test_append_rows_frames_each_row_as_append_many_does_in_one_write(open_log: Callable[..., FramedLog],
+                                                                      fake_os: OsWithFaults) -> None:
+    rows = np.random.default_rng(3).integers(0, 256, (5, 3001), dtype=np.uint8)
+    one_by_one = open_log(open_log().path.parent / "one_by_one.log")
+    one_by_one.append(b"before")
+    expected = one_by_one.append_many([row.tobytes() for row in rows])
+    log = open_log()
+    log.append(b"before")
+    writes: list[int] = []
+    fake_os.write = lambda fd, data: writes.append(len(data)) or os.write(fd, data)
+    assert log.append_rows(rows).tolist() == expected
+    assert writes == [5 * (FRAME.size + 3001)]  # one system call for the rows
+    assert (log.size, log.last_frame) == (one_by_one.size, one_by_one.last_frame)
+    assert log.path.read_bytes() == one_by_one.path.read_bytes()
+    assert log.append_rows(rows[:0]).tolist() == [] and len(writes) == 1
+
+
+def test_append_rows_on_a_full_disk_leaves_none_of_its_frames(open_log: Callable[..., FramedLog],
+                                                              fake_os: OsWithFaults) -> None:
+    log = open_log()
+    log.append(b"kept")
+    size_before, last_before = log.size, log.last_frame
+
+    def write_half_then_enospc(fd: int, data: Any) -> int:
+        fake_os.write = lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return os.write(fd, bytes(data)[: len(data) // 2])
+
+    fake_os.write = write_half_then_enospc
+    with pytest.raises(OSError):
+        log.append_rows(np.ones((4, 100), np.uint8))
+    assert os.path.getsize(log.path) == size_before == log.size and log.last_frame == last_before
+    assert [p for _, p in log.frames()] == [b"kept"]
+
+
 def test_memoryview_of_bytes_is_appended_like_bytes(open_log: Callable[..., FramedLog]) -> None:
     log = open_log()
     data = bytearray(b"0123456789")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from weightslab_shim.records import SEP
 from weightslab_shim.ring import RecordType
 from weightslabd.store import preview_store as ps
 from weightslabd.store.framedlog import FramedLog, read_frames
-from weightslabd.store.preview_encoder import MAX_BYTES, Encoded, decode, encode_preview
-from weightslabd.store.preview_log import INDEX, LOG, unpack_entry
+from weightslabd.store.preview_encoder import MAX_BYTES, Encoded, decode, encode_block, encode_preview
+from weightslabd.store.preview_log import INDEX, LOG, Entry, pack_block, pack_entry, unpack_entry
 from weightslabd.store.preview_store import PreviewStore
 from weightslabd.store.previews import PreviewCache
 from weightslabd.store.run import Run, RunOptions
@@ -140,6 +141,27 @@ def test_a_small_input_is_kept_as_its_pixels_and_shown_exactly(shape: tuple[int,
     assert shown is not None and np.array_equal(np.asarray(Image.open(io.BytesIO(shown))), expected)
 
 
+@pytest.mark.parametrize("shape", [(3, 32, 32), (4, 20, 12), (1, 3, 32, 32), (32, 32, 3), (28, 28), (1, 28, 28),
+                                   (2, 16, 16), (6, 10, 10), (16, 16, 1), (3, 64, 48)])
+def test_a_block_of_small_images_is_kept_as_each_alone_would_be(shape: tuple[int, ...]) -> None:
+    batch = np.random.default_rng(11).integers(0, 256, (5, *shape), dtype=np.uint8)
+    alone = [encode_preview(x) for x in batch]
+    block = encode_block(batch)
+    assert block is not None and (block.fmt, block.width, block.height) == (alone[0].fmt, *alone[0].size)
+    assert [row.tobytes() for row in block.data] == [e.data for e in alone]
+    ids = np.array([7, 3, 60, 0, 12], np.int64)
+    packed = pack_block("train", ids, block)  # the entries at rest, as pack_entry writes each
+    assert [row.tobytes() for row in packed] == [pack_entry(Entry("train", int(i), "", e))
+                                                 for i, e in zip(ids, alone, strict=True)]
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((3, 65, 65), np.uint8), ((3, 224, 224), np.uint8),
+                                              ((3, 32, 32), np.float32), ((3, 32, 32), np.int64)])
+def test_a_block_that_is_not_small_8_bit_images_is_encoded_sample_by_sample(shape: tuple[int, ...],
+                                                                           dtype: type) -> None:
+    assert encode_block(np.zeros((2, *shape), dtype)) is None
+
+
 # -- off the ingest path, once per sample ---------------------------------------------------------------
 
 
@@ -158,6 +180,47 @@ def test_ingest_only_queues_and_the_queue_coalesces_and_is_bounded(stores: Calla
     store.start()
     assert store.wait_idle(10)
     assert [(e.sample_id, level(e.image)) for e in entries(store.folder)] == [(0, 10), (1, 21), (2, 12), (3, 13)]
+
+
+@pytest.mark.timeout(30)
+def test_a_record_is_stored_in_one_write_and_a_sample_twice_in_it_keeps_its_later_input(
+        stores: Callable[..., PreviewStore]) -> None:
+    store = stores(start=False)
+    batch = np.random.default_rng(5).integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    store.ingest(record([4, 9, 4, 17, 30, 2], batch))  # sample 4 twice: rows 0 and 2
+    assert store.stats()["pending"] == 5 and store.stats()["coalesced"] == 1
+    size = store.log.size
+    store.start()
+    assert store.wait_idle(10)
+    at_rest = entries(store.folder)
+    assert [e.sample_id for e in at_rest] == [9, 4, 17, 30, 2]
+    assert [e.image.data for e in at_rest] == [encode_preview(batch[i]).data for i in (1, 2, 3, 4, 5)]
+    assert store.log.size - size == sum(len(pack_entry(e)) + 8 for e in at_rest)
+
+
+@pytest.mark.timeout(30)
+def test_a_sample_sent_while_its_block_is_stored_is_skipped_and_served_meanwhile(
+        stores: Callable[..., PreviewStore]) -> None:
+    store = stores(start=False)
+    writing, release = threading.Event(), threading.Event()
+    append_rows = store.log.append_rows
+
+    def held(rows: np.ndarray, **kwargs: Any) -> np.ndarray:
+        writing.set()
+        assert release.wait(10)
+        return append_rows(rows, **kwargs)
+
+    store.log.append_rows = held  # type: ignore[method-assign]
+    store.ingest(record([0, 1], grey([10, 11])))
+    store.start()
+    assert writing.wait(10)  # the block is being stored
+    store.ingest(record([1, 2], grey([21, 22])))  # 1: in the block being stored; 2: new
+    assert store.stats()["skipped"] == 1 and store.stats()["pending"] == 1
+    assert level(store.source("train", 1)) == 11  # served from the block being stored
+    assert np.flatnonzero(store.masks()["train"]).tolist() == [0, 1, 2]
+    release.set()
+    assert store.wait_idle(10)
+    assert [(e.sample_id, level(e.image)) for e in entries(store.folder)] == [(0, 10), (1, 11), (2, 22)]
 
 
 @pytest.mark.timeout(30)
