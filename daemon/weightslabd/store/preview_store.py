@@ -261,8 +261,11 @@ class PreviewStore:
             self._grow(self._looked, split, size, False)[sids] = False
             row_bytes = 0 if inputs is None else int(inputs[0].nbytes)
             new = keep & (where < 0)
-            fits = max(0, min(MAX_PENDING - self._pending,
-                              (MAX_PENDING_BYTES - self._pending_bytes) // row_bytes if row_bytes else MAX_PENDING))
+            # a sample moved out of an older block is queued whatever the bounds (it was already), so it
+            # counts against them first: the count stays bounded, the bytes pass by at most its growth
+            moved = int(np.count_nonzero(keep)) - int(np.count_nonzero(new))
+            room = MAX_PENDING_BYTES - self._pending_bytes - moved * row_bytes
+            fits = max(0, min(MAX_PENDING - self._pending - moved, room // row_bytes if row_bytes else MAX_PENDING))
             if np.count_nonzero(new) > fits:
                 dropped = np.flatnonzero(new)[fits:]
                 keep[dropped] = False

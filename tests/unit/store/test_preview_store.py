@@ -223,6 +223,43 @@ def test_a_sample_sent_while_its_block_is_stored_is_skipped_and_served_meanwhile
     assert [(e.sample_id, level(e.image)) for e in entries(store.folder)] == [(0, 10), (1, 11), (2, 22)]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", range(4))
+def test_the_queue_accounts_for_every_sample_whatever_the_mix_of_records(
+        stores: Callable[..., PreviewStore], monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Records of random ids (repeats within one, samples already queued or being stored), sizes that
+    thin under pressure and bounds that drop: once idle, nothing is left counted in the queue, and every
+    sample sent has its entry at rest unless it was dropped, its latest input at rest when it was queued."""
+    monkeypatch.setattr(ps, "MAX_PENDING", 40)
+    monkeypatch.setattr(ps, "MAX_PENDING_BYTES", 2 * 40 * 3 * 80 * 80)  # thinned past half: ~40 whole inputs
+    rng = np.random.default_rng(seed)
+    running = bool(seed % 2)  # stopped: everything queues (coalescing, drops); running: in flight too
+    store = stores(start=running)
+    sent: dict[int, list[int]] = {}
+    for step in range(30):
+        ids = rng.integers(0, SIZES["train"], int(rng.integers(1, 24))).tolist()
+        side = int(rng.choice([8, 80]))  # 8 px kept as pixels, a block at once; 80 px JPEG, sample by sample
+        levels = [(step * 37 + i * 11) % 250 for i in range(len(ids))]
+        store.ingest(record(ids, (np.asarray(levels, np.uint8)[:, None, None, None]
+                                  + np.zeros((1, 3, side, side), np.uint8))))
+        for sid, lvl in zip(ids, levels, strict=True):
+            sent.setdefault(sid, []).append(lvl)
+        queued = store.stats()
+        assert queued["pending"] <= ps.MAX_PENDING and queued["pending_bytes"] <= ps.MAX_PENDING_BYTES
+        if step % 10 == 9:
+            store.looked([("train", i) for i in range(0, SIZES["train"], 3)])
+    store.start()
+    assert store.wait_idle(20)
+    stats = store.stats()
+    assert (stats["pending"], stats["pending_bytes"]) == (0, 0)
+    at_rest = {e.sample_id: level(e.image) for e in entries(store.folder)}  # the latest entry of each
+    assert set(np.flatnonzero(store.masks()["train"]).tolist()) == set(at_rest) <= set(sent)
+    assert stats["dropped"] > 0 or set(at_rest) == set(sent)
+    for sid, lvl in at_rest.items():  # JPEG: within 2 of what was sent
+        expected = sent[sid] if running else sent[sid][-1:]  # queued all along: the latest input
+        assert min(abs(lvl - e) for e in expected) <= 2, (sid, lvl, sent[sid])
+
+
 @pytest.mark.timeout(30)
 def test_when_the_encoder_is_behind_new_inputs_are_queued_at_thumbnail_size(
         stores: Callable[..., PreviewStore], monkeypatch: pytest.MonkeyPatch) -> None:
