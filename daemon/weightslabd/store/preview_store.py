@@ -233,15 +233,14 @@ class PreviewStore:
         """Queue these samples' inputs (the store's own copy, kept as it is) and paths (one per sample, or
         none). A sample already queued takes the newer input in its place; one being stored is skipped."""
         with self._cond:
-            size = len(self._block_of[split])
-            queued = self._grow(self._block_of, split, size, -1)
-            where = queued[sids]
-            keep = np.ones(len(sids), np.bool_)
+            where = self._block_of[split][sids]  # grown by ingest to the split's size
+            keep = np.ones(len(sids), np.bool_)  # to queue in a new block
+            fresh = np.ones(len(sids), np.bool_)  # its input is (or will be) in the queue now
             for serial in np.unique(where[where >= 0]).tolist():
                 block, mine = self._blocks[serial], np.flatnonzero(where == serial)
                 rows = self._row_of[split][sids[mine]]
                 if block.taken:  # being stored: the input it has is as good
-                    keep[mine] = False
+                    keep[mine] = fresh[mine] = False
                     self.stats_["skipped"] += len(mine)
                     continue
                 self.stats_["coalesced"] += len(mine)
@@ -258,7 +257,6 @@ class PreviewStore:
                     block.queued[rows] = False
                     self._pending -= len(mine)
                     self._pending_bytes -= block.row_bytes * len(mine)
-            self._grow(self._looked, split, size, False)[sids] = False
             row_bytes = 0 if inputs is None else int(inputs[0].nbytes)
             new = keep & (where < 0)
             # a sample moved out of an older block is queued whatever the bounds (it was already), so it
@@ -268,12 +266,13 @@ class PreviewStore:
             fits = max(0, min(MAX_PENDING - self._pending - moved, room // row_bytes if row_bytes else MAX_PENDING))
             if np.count_nonzero(new) > fits:
                 dropped = np.flatnonzero(new)[fits:]
-                keep[dropped] = False
+                keep[dropped] = fresh[dropped] = False
                 self.stats_["dropped"] += len(dropped)
                 if not self._warned_drop:
                     self._warned_drop = True
                     log.warning("preview encoding behind: new previews dropped until it catches up; the trainer "
                                 "sends them again when it next attaches", pending=self._pending)
+            self._looked[split][sids[fresh]] = False  # a newer input is queued: the Studio will see it
             chosen = np.flatnonzero(keep)
             if chosen.size:
                 whole = len(chosen) == len(sids)
@@ -301,9 +300,9 @@ class PreviewStore:
         """The Studio asked for these samples' images: a newer input of them is worth encoding again."""
         with self._cond:
             for split, sid in keys:
-                looked = self._looked.get(split)
-                if looked is not None and 0 <= sid < len(looked):
-                    looked[sid] = True
+                size = self._size_of(split)
+                if size is not None and 0 <= sid < size:  # a look before any record since the start counts too
+                    self._grow(self._looked, split, size, False)[sid] = True
 
     def source(self, split: str, sample_id: int) -> Source:
         """The sample's picture: its image file when named and readable (the original, before any

@@ -293,6 +293,26 @@ def test_a_sample_sent_again_is_encoded_again_only_after_the_studio_looked(
 
 
 @pytest.mark.timeout(30)
+def test_the_studios_look_outlasts_a_newer_input_that_did_not_fit_in_the_queue(
+        stores: Callable[..., PreviewStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    store = stores()
+    store.ingest(record([0], grey([10])))
+    assert store.wait_idle(10)
+    store.close()
+    monkeypatch.setattr(ps, "MAX_PENDING", 1)
+    again = stores(start=False)
+    again.looked([("train", 0)])
+    again.ingest(record([5], grey([15])))  # the queue is full
+    again.ingest(record([0], grey([20])))  # dropped: the look still stands
+    assert again.stats()["dropped"] == 1
+    again.start()
+    assert again.wait_idle(10)
+    again.ingest(record([0], grey([30])))  # sent again (the next epoch): encoded, as the Studio looked
+    assert again.wait_idle(10)
+    assert level(again.source("train", 0)) == 30
+
+
+@pytest.mark.timeout(30)
 def test_a_renewed_preview_is_forgotten_by_the_thumbnail_cache(stores: Callable[..., PreviewStore]) -> None:
     cache: list[PreviewCache] = []
 
