@@ -285,9 +285,9 @@ class PreviewStore:
             self._cond.notify_all()
 
     def _add_block(self, split: str, sids: np.ndarray, inputs: np.ndarray | None, paths: list[str]) -> None:
-        """Under the lock."""
+        """Under the lock. `sids` is the block's own (a fancy-indexed copy)."""
         serial = next(self._serials)
-        self._blocks[serial] = _Block(serial, split, sids.copy(), inputs, paths, np.ones(len(sids), np.bool_))
+        self._blocks[serial] = _Block(serial, split, sids, inputs, paths, np.ones(len(sids), np.bool_))
         self._queue.append(serial)
         self._block_of[split][sids] = serial
         self._grow(self._row_of, split, len(self._block_of[split]), 0)[sids] = np.arange(len(sids))
